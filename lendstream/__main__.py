@@ -1,0 +1,5 @@
+import sys
+
+from lendstream.cli import main
+
+sys.exit(main())

@@ -1,0 +1,178 @@
+"""The Faust app, built from settings: transport, topics, tables, agents, web endpoints."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+import asyncpg
+import faust
+import orjson
+from aiokafka.structs import TopicPartition
+from faust.transport.drivers import aiokafka as faust_aiokafka
+from faust.web import Request, Response, View
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from lendstream import kafka
+from lendstream.agents import loans as loan_agent
+from lendstream.metrics import Metrics
+from lendstream.projections import loans as loan_projection
+from lendstream.projections.migrate import migrate
+from lendstream.projections.writer import CheckpointedWriter
+from lendstream.settings import Settings
+from lendstream.tables import loans as loans_table
+from lendstream.topics import LOAN_KEYED
+
+log = logging.getLogger(__name__)
+APP_ID = "lendstream"
+
+
+class _ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
+    """End offsets from fetch high watermarks (see `lendstream.kafka`), so that table recovery
+    reads each changelog to its true end on every broker."""
+
+    async def _highwaters(self, partitions: list[Any]) -> Any:
+        consumer = self._ensure_consumer()
+        if self.consumer.in_transaction:  # pragma: no cover - we never use transactions
+            return await super()._highwaters(partitions)
+        listed = await consumer.end_offsets(partitions)
+        tps = [TopicPartition(tp.topic, tp.partition) for tp in partitions]
+        true_ends = await kafka.high_watermarks(
+            consumer._client._bootstrap_servers,
+            tps,
+            {TopicPartition(tp.topic, tp.partition): v for tp, v in listed.items()},
+        )
+        return {tp: true_ends[TopicPartition(tp.topic, tp.partition)] for tp in partitions}
+
+
+class _Consumer(faust_aiokafka.Consumer):
+    def _new_consumer_thread(self) -> faust_aiokafka.AIOKafkaConsumerThread:
+        return _ConsumerThread(self, loop=self.loop, beacon=self.beacon)
+
+
+class _Transport(faust_aiokafka.Transport):
+    Consumer = _Consumer
+
+
+class LendstreamApp(faust.App):
+    def _new_transport(self) -> Any:
+        return _Transport(self.conf.broker_consumer, self)
+
+
+@dataclass
+class Runtime:
+    """What the agents share in one worker process."""
+
+    settings: Settings
+    metrics: Metrics
+    ready: asyncio.Event = field(default_factory=asyncio.Event)
+    pool: asyncpg.Pool | None = None
+    writers: list[CheckpointedWriter[Any]] = field(default_factory=list)
+    startup_error: str | None = None
+
+
+def create_app(settings: Settings, metrics: Metrics | None = None) -> tuple[faust.App, Runtime]:
+    """A worker app for `settings` (which must name a broker and a PostgreSQL DSN)."""
+    settings.require("kafka", "pg_dsn")
+    runtime = Runtime(settings, metrics or Metrics())
+    app = LendstreamApp(
+        APP_ID,
+        broker=settings.kafka,
+        store="rocksdb://",
+        datadir=str((settings.data_dir / "worker").resolve()),
+        topic_partitions=settings.partitions,
+        topic_replication_factor=settings.replication_factor,
+        topic_disable_leader=True,
+        web_port=settings.web_port,
+        web_host="127.0.0.1" if settings.web_port else "0.0.0.0",
+        web_in_thread=False,
+        broker_session_timeout=settings.kafka_session_timeout,
+        broker_heartbeat_interval=settings.kafka_heartbeat_interval,
+        consumer_auto_offset_reset="earliest",
+        producer_acks=-1,
+        stream_buffer_maxsize=max(4 * settings.batch_max, 4096),
+        processing_guarantee="at_least_once",
+        table_standby_replicas=1,
+        worker_redirect_stdouts=False,
+        autodiscover=False,
+    )
+    topic = app.topic(
+        *[spec.name for spec in LOAN_KEYED],
+        key_serializer="raw",
+        value_serializer="raw",
+        partitions=settings.partitions,
+    )
+    table = loans_table.declare(app, settings.partitions)
+    writer: CheckpointedWriter[Any] = CheckpointedWriter(
+        pool=None,  # type: ignore[arg-type]  # set once the pool exists (on_start below)
+        schema=settings.pg_schema,
+        projection=loan_projection.PROJECTION,
+        apply=loan_projection.make_apply(settings.pg_schema),
+        metrics=runtime.metrics,
+    )
+    runtime.writers.append(writer)
+    processor = loan_agent.LoanProcessor(table, writer, runtime.metrics)
+    loan_agent.register(
+        app, topic, processor, settings.batch_max, settings.batch_within, runtime.ready
+    )
+    _register_startup(app, runtime)
+    _register_web(app, runtime)
+    return app, runtime
+
+
+def _register_startup(app: faust.App, runtime: Runtime) -> None:
+    @app.task
+    async def connect_postgres() -> None:
+        settings = runtime.settings
+        delay = 0.5
+        while runtime.pool is None:
+            try:
+                pool = await asyncpg.create_pool(
+                    settings.pg_dsn, min_size=1, max_size=settings.pg_pool_max
+                )
+                async with pool.acquire() as conn:
+                    await migrate(conn, settings.pg_schema)
+                runtime.pool = pool
+            except (TimeoutError, OSError, asyncpg.PostgresError) as exc:
+                runtime.startup_error = f"PostgreSQL unavailable: {exc}"
+                log.warning("%s; retrying in %.1fs", runtime.startup_error, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+        for writer in runtime.writers:
+            writer.pool = runtime.pool
+        runtime.startup_error = None
+        runtime.ready.set()
+        log.info("PostgreSQL ready, schema %s migrated", settings.pg_schema)
+
+
+def _register_web(app: faust.App, runtime: Runtime) -> None:
+    @app.page("/metrics")
+    class MetricsView(View):
+        async def get(self, request: Request) -> Response:
+            body = generate_latest(runtime.metrics.registry)
+            return self.bytes(body, content_type=CONTENT_TYPE_LATEST.split(";")[0])
+
+    @app.page("/health")
+    class HealthView(View):
+        async def get(self, request: Request) -> Response:
+            reasons = health_reasons(app, runtime)
+            status = 503 if reasons else 200
+            body = {"status": "ok" if not reasons else "unavailable", "reasons": reasons}
+            return self.bytes(orjson.dumps(body), content_type="application/json", status=status)
+
+
+def health_reasons(app: faust.App, runtime: Runtime) -> list[str]:
+    """Why the worker is not ready (empty when it is)."""
+    reasons = []
+    if not runtime.ready.is_set():
+        reasons.append(runtime.startup_error or "starting: connecting to PostgreSQL")
+    for writer in runtime.writers:
+        if not writer.healthy:
+            reasons.append(f"PostgreSQL unavailable for {writer.projection}: {writer.last_error}")
+    if app.rebalancing:
+        reasons.append("rebalancing")
+    if not app.tables.recovery.completed.is_set():
+        reasons.append("recovering tables from changelogs")
+    return reasons

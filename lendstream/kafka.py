@@ -1,0 +1,77 @@
+"""Kafka helpers that stay correct on Apache Kafka and on the embedded Tansu broker.
+
+End offsets: `ListOffsets(LATEST)` (aiokafka `end_offsets`) is wrong on Tansu after a batched
+produce (it answers the base offset of the last batch + 1). The high watermark in a Fetch
+response is right on both brokers, and on Apache Kafka it is by definition what ListOffsets
+answers for `read_uncommitted`. So every end offset lendstream relies on — table recovery, lag —
+comes from `high_watermarks`, which fetches from each partition and reads the watermark off the
+response. There is no broker-specific code path.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterable, Mapping
+
+from aiokafka import AIOKafkaConsumer
+from aiokafka.structs import TopicPartition
+
+PROBE_TIMEOUT_SECONDS = 15.0
+
+
+async def high_watermarks(
+    bootstrap: str | list[str],
+    partitions: Iterable[TopicPartition],
+    start: Mapping[TopicPartition, int] | None = None,
+    timeout: float = PROBE_TIMEOUT_SECONDS,
+) -> dict[TopicPartition, int]:
+    """The true end offset (next offset to be written) of each partition.
+
+    `start` optionally gives a known lower bound per partition (e.g. a ListOffsets answer) to
+    fetch from, so that the probe reads at most what was appended since. Raises
+    `TimeoutError` if a partition's leader does not answer within `timeout`.
+    """
+    tps = list(dict.fromkeys(partitions))
+    if not tps:
+        return {}
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap,
+        group_id=None,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        fetch_max_wait_ms=50,
+        max_partition_fetch_bytes=1024,
+        fetch_max_bytes=64 * 1024,
+    )
+    await consumer.start()
+    try:
+        consumer.assign(tps)
+        for tp in tps:
+            lower = (start or {}).get(tp)
+            if lower is not None and lower > 0:
+                consumer.seek(tp, lower - 1)
+        return await _collect(consumer, tps, timeout)
+    finally:
+        await consumer.stop()
+
+
+async def _collect(
+    consumer: AIOKafkaConsumer, tps: list[TopicPartition], timeout: float
+) -> dict[TopicPartition, int]:
+    deadline = time.monotonic() + timeout
+    result: dict[TopicPartition, int] = {}
+    while True:
+        for tp in tps:
+            if tp not in result and (hw := consumer.highwater(tp)) is not None:
+                result[tp] = hw
+        if len(result) == len(tps):
+            return result
+        if time.monotonic() > deadline:
+            missing = sorted(f"{tp.topic}[{tp.partition}]" for tp in tps if tp not in result)
+            raise TimeoutError(f"no high watermark for {', '.join(missing)}")
+        pending = [tp for tp in tps if tp not in result]
+        consumer.pause(*[tp for tp in tps if tp in result])
+        consumer.resume(*pending)
+        await consumer.getmany(*pending, timeout_ms=200)
+        await asyncio.sleep(0)

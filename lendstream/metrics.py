@@ -1,0 +1,78 @@
+"""All Prometheus metrics of lendstream (contract §7), on one registry that tests can replace."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import REGISTRY
+
+PREFIX = "lendstream_"
+OUTCOMES = ("applied", "duplicate", "parked", "retried", "dead")
+LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600)
+
+
+class Metrics:
+    """The metrics object agents and writers record through (one per process)."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry if registry is not None else REGISTRY
+        r = self.registry
+        self.consumer_lag_messages = Gauge(
+            PREFIX + "consumer_lag_messages",
+            "Messages not yet processed by the consumer group",
+            ["group", "topic", "partition"],
+            registry=r,
+        )
+        self.consumer_lag_seconds = Gauge(
+            PREFIX + "consumer_lag_seconds",
+            "Age of the oldest unprocessed message (0 when caught up)",
+            ["group", "topic", "partition"],
+            registry=r,
+        )
+        self.events = Counter(
+            PREFIX + "events",
+            "Events consumed, by outcome (applied, duplicate, parked, retried, dead)",
+            ["topic", "type", "outcome"],
+            registry=r,
+        )
+        self.end_to_end = Histogram(
+            PREFIX + "end_to_end_seconds",
+            "Kafka append time to PostgreSQL commit",
+            ["projection"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.dead_letters = Gauge(
+            PREFIX + "dead_letters",
+            "Dead letters by topic and status",
+            ["topic", "status"],
+            registry=r,
+        )
+        self.saga_instances = Gauge(
+            PREFIX + "saga_instances", "Saga instances by status", ["saga", "status"], registry=r
+        )
+        self.table_recovery_remaining = Gauge(
+            PREFIX + "table_recovery_remaining",
+            "Changelog records left to restore",
+            ["table"],
+            registry=r,
+        )
+        self.batch_size = Histogram(
+            PREFIX + "projection_batch_size",
+            "Messages per projection transaction",
+            ["projection"],
+            buckets=(1, 10, 50, 100, 250, 500, 1000, 2000, 5000, 10000),
+            registry=r,
+        )
+        self.commit_seconds = Histogram(
+            PREFIX + "projection_commit_seconds",
+            "Duration of one projection transaction",
+            ["projection"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.pg_unavailable = Counter(
+            PREFIX + "postgres_unavailable",
+            "Projection commits that failed because PostgreSQL was unreachable",
+            ["projection"],
+            registry=r,
+        )

@@ -1,0 +1,23 @@
+"""Connecting to the read models from commands (`loan`, `dlq`, `lag`…)."""
+
+from __future__ import annotations
+
+from lendstream.settings import Settings
+
+
+def resolve_dsn(settings: Settings) -> str:
+    """`LENDSTREAM_PG_DSN`, or the embedded server in the data dir (started if needed).
+
+    Raises `SettingsError` when neither exists.
+    """
+    if settings.pg_dsn:
+        return settings.pg_dsn
+    from lendstream.embedded import start_postgres
+    from lendstream.settings import SettingsError
+
+    pg_dir = settings.data_dir.resolve() / "pg"
+    if not (pg_dir / "PG_VERSION").exists():
+        raise SettingsError(
+            f"LENDSTREAM_PG_DSN is not set and there is no embedded PostgreSQL in {pg_dir}"
+        )
+    return start_postgres(pg_dir).dsn

@@ -1,0 +1,45 @@
+"""Producing events to Kafka: the async producer used by `simulate`, `dev` and the tests."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterable
+
+import orjson
+from aiokafka import AIOKafkaProducer
+
+from lendstream.simulation import Produced
+
+
+def kafka_producer(bootstrap: str | list[str], **options: object) -> AIOKafkaProducer:
+    """An aiokafka producer with lendstream's defaults (acks=all, murmur2 key partitioning)."""
+    config: dict[str, object] = {"acks": "all", "linger_ms": 5, "max_batch_size": 256 * 1024}
+    config.update(options)
+    return AIOKafkaProducer(bootstrap_servers=bootstrap, **config)  # type: ignore[arg-type]
+
+
+async def produce_all(
+    producer: AIOKafkaProducer,
+    messages: Iterable[Produced | tuple[str, bytes | None, bytes | None]],
+    window: int = 5000,
+) -> int:
+    """Send every message, keeping at most `window` in flight; returns how many were sent.
+
+    Items are `Produced` (encoded as JSON) or raw `(topic, key, value)` tuples (for tests that
+    need bytes that are not valid events).
+    """
+    pending: list[asyncio.Future[object]] = []
+    sent = 0
+    for item in messages:
+        if isinstance(item, Produced):
+            topic, key, value = item.topic, item.key.encode(), orjson.dumps(item.value)
+        else:
+            topic, key, value = item
+        pending.append(await producer.send(topic, value=value, key=key))
+        sent += 1
+        if len(pending) >= window:
+            await asyncio.gather(*pending)
+            pending.clear()
+    if pending:
+        await asyncio.gather(*pending)
+    return sent

@@ -1,0 +1,192 @@
+"""The loan projection: outcomes of the loan processor -> `loan_summary`, `loan_history`,
+`customer_exposure`, `event_log` and `dead_letters` rows.
+
+`rows_for` is pure (outcomes in, row tuples out); `apply` runs the statements inside the
+writer's transaction. Exposure is kept by deltas (each loan version's contribution minus the
+previous one's), which the writer's position guard makes exactly-once and which stay correct
+when several workers update one customer's row concurrently.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import asyncpg
+import orjson
+
+from lendstream.domain.loans import ACTIVE, Loan
+from lendstream.domain.sequencing import Applied, Dead, Duplicate, Message, Outcome, Parked, Pending
+from lendstream.topics.envelope import Event
+
+PROJECTION = "loans"
+
+LOAN_COLUMNS = (
+    "loan_id, customer_id, partner_id, currency, status, term_months, applied_amount_cents, "
+    "approved_amount_cents, interest_rate_bps, total_due_cents, repaid_cents, outstanding_cents, "
+    "applied_at, approved_at, paid_out_at, settled_at, closed_reason, version, updated_at"
+)
+
+
+def loan_row(loan: Loan) -> tuple[Any, ...]:
+    return (
+        loan.loan_id,
+        loan.customer_id,
+        loan.partner_id,
+        loan.currency,
+        str(loan.status),
+        loan.term_months,
+        loan.applied_amount_cents,
+        loan.approved_amount_cents,
+        loan.interest_rate_bps,
+        loan.total_due_cents,
+        loan.repaid_cents,
+        loan.outstanding_cents,
+        loan.applied_at,
+        loan.approved_at,
+        loan.paid_out_at,
+        loan.settled_at,
+        loan.closed_reason,
+        loan.version,
+        loan.updated_at,
+    )
+
+
+def exposure(loan: Loan | None) -> tuple[int, int]:
+    """A loan's contribution to its customer's exposure: (active loans, outstanding cents)."""
+    if loan is None or loan.status not in ACTIVE:
+        return 0, 0
+    return 1, loan.outstanding_cents
+
+
+@dataclass
+class LoanRows:
+    event_log: list[tuple[Any, ...]] = field(default_factory=list)
+    versions: list[Loan] = field(default_factory=list)
+    exposure: dict[tuple[str, str], list[int]] = field(default_factory=dict)
+    dead_letters: list[tuple[Any, ...]] = field(default_factory=list)
+
+    @property
+    def summaries(self) -> list[Loan]:
+        """The newest version of each loan in the batch."""
+        latest: dict[str, Loan] = {}
+        for loan in self.versions:
+            latest[loan.loan_id] = loan
+        return list(latest.values())
+
+
+def event_log_row(event: Event, outcome: Applied[Loan], recorded_at: datetime) -> tuple[Any, ...]:
+    pos = outcome.position
+    data = orjson.dumps(event.model_dump(mode="json")["data"]).decode()
+    return (
+        event.event_id, pos.topic, pos.partition, pos.offset, event.key, event.type,
+        event.schema_version, event.occurred_at, recorded_at, getattr(event, "loan_id", None),
+        event.correlation_id, event.causation_id, data,
+    )  # fmt: skip
+
+
+def dead_letter_row(
+    pending: Pending, status: str, message: Message | None, now: datetime
+) -> tuple[Any, ...]:
+    pos = pending.position
+    headers = {k: v.decode("utf-8", "replace") for k, v in message.headers} if message else {}
+    key = message.key if message else (pending.event.key if pending.event else None)
+    return (
+        pending.id, pos.topic, pos.partition, pos.offset, key, pending.event_id,
+        message.raw if message else None, orjson.dumps(headers).decode(), pending.error_class,
+        pending.error, status, pending.since, now,
+    )  # fmt: skip
+
+
+def rows_for(outcomes: Sequence[Outcome[Loan]], now: datetime) -> LoanRows:
+    """Rows for a batch of outcomes, in order (pure)."""
+    rows = LoanRows()
+    exposure_delta: dict[tuple[str, str], list[int]] = defaultdict(lambda: [0, 0])
+    for outcome in outcomes:
+        if isinstance(outcome, Applied):
+            rows.event_log.append(event_log_row(outcome.event, outcome, now))
+            before, after = outcome.before, outcome.after
+            if before is None or after.version != before.version:
+                rows.versions.append(after)
+                delta = exposure_delta[(after.customer_id, after.currency)]
+                (a0, o0), (a1, o1) = exposure(before), exposure(after)
+                delta[0] += a1 - a0
+                delta[1] += o1 - o0
+        if isinstance(outcome, Applied | Duplicate) and outcome.released is not None:
+            rows.dead_letters.append(dead_letter_row(outcome.released, "released", None, now))
+        elif isinstance(outcome, Parked | Dead):
+            status = "dead" if isinstance(outcome, Dead) else "parked"
+            rows.dead_letters.append(dead_letter_row(outcome.pending, status, outcome.message, now))
+    rows.exposure = dict(exposure_delta)
+    return rows
+
+
+def make_apply(schema: str) -> Any:
+    """The writer's `apply` for this projection, bound to `schema`."""
+    s = f'"{schema}"'
+    history_columns = LOAN_COLUMNS + ", valid_from"
+    summary_updates = ", ".join(
+        f"{c} = excluded.{c}" for c in LOAN_COLUMNS.split(", ") if c != "loan_id"
+    )
+    n = len(LOAN_COLUMNS.split(", "))
+    params = ", ".join(f"${i}" for i in range(1, n + 1))
+
+    sql_event_log = (
+        f'INSERT INTO {s}.event_log (event_id, topic, partition, "offset", key, type, '
+        "schema_version, occurred_at, recorded_at, loan_id, correlation_id, causation_id, data) "
+        "VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13::jsonb) ON CONFLICT DO NOTHING"
+    )
+    sql_summary = (
+        f"INSERT INTO {s}.loan_summary ({LOAN_COLUMNS}) VALUES ({params}) "
+        f"ON CONFLICT (loan_id) DO UPDATE SET {summary_updates} "
+        "WHERE loan_summary.version < excluded.version"
+    )
+    sql_history = (
+        f"INSERT INTO {s}.loan_history ({history_columns}) VALUES ({params}, ${n + 1}) "
+        "ON CONFLICT DO NOTHING"
+    )
+    sql_close_version = (
+        f"UPDATE {s}.loan_history SET valid_to = $3 "
+        "WHERE loan_id = $1 AND version = $2 AND valid_to IS NULL"
+    )
+    sql_exposure = (
+        f"INSERT INTO {s}.customer_exposure AS e "
+        "(customer_id, currency, active_loans, outstanding_cents, updated_at) "
+        "VALUES ($1, $2, $3, $4, now()) ON CONFLICT (customer_id, currency) DO UPDATE SET "
+        "active_loans = e.active_loans + excluded.active_loans, "
+        "outstanding_cents = e.outstanding_cents + excluded.outstanding_cents, updated_at = now()"
+    )
+    sql_dead_letter = (
+        f'INSERT INTO {s}.dead_letters AS d (id, topic, partition, "offset", key, event_id, '
+        "value, headers, error_class, error, status, first_seen_at, last_attempt_at) "
+        "VALUES ($1,$2,$3,$4,$5,$6,$7,$8::jsonb,$9,$10,$11,$12,$13) "
+        "ON CONFLICT (id) DO UPDATE SET status = excluded.status, "
+        "error_class = excluded.error_class, error = excluded.error, "
+        "attempts = d.attempts + 1, last_attempt_at = excluded.last_attempt_at"
+    )
+
+    async def apply(conn: asyncpg.Connection, batches: Sequence[Sequence[Outcome[Loan]]]) -> None:
+        outcomes = [o for batch in batches for o in batch]
+        rows = rows_for(outcomes, datetime.now(UTC))
+        if rows.event_log:
+            await conn.executemany(sql_event_log, rows.event_log)
+        if rows.versions:
+            await conn.executemany(
+                sql_history, [(*loan_row(v), v.updated_at) for v in rows.versions]
+            )
+            await conn.executemany(
+                sql_close_version,
+                [(v.loan_id, v.version - 1, v.updated_at) for v in rows.versions if v.version > 1],
+            )
+            await conn.executemany(sql_summary, [loan_row(v) for v in rows.summaries])
+        if rows.exposure:
+            await conn.executemany(
+                sql_exposure, [(c, cur, a, o) for (c, cur), (a, o) in sorted(rows.exposure.items())]
+            )
+        if rows.dead_letters:
+            await conn.executemany(sql_dead_letter, rows.dead_letters)
+
+    return apply

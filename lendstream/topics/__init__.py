@@ -1,0 +1,39 @@
+"""Wire contracts: every topic declared once, with its events and codec (contract §3)."""
+
+from __future__ import annotations
+
+from lendstream.topics import loans, payments, payouts, treasury
+from lendstream.topics.codec import Invalid, TopicSpec
+from lendstream.topics.envelope import Event, LoanEvent
+
+LOAN_EVENTS = TopicSpec(loans.TOPIC, "loan_id", loans.EVENTS)
+PAYMENT_EVENTS = TopicSpec(payments.TOPIC, "loan_id", payments.EVENTS)
+PAYOUT_EVENTS = TopicSpec(payouts.TOPIC, "loan_id", payouts.EVENTS)
+TREASURY_EVENTS = TopicSpec(treasury.TOPIC, "partner_id", treasury.EVENTS)
+
+#: The co-partitioned, loan-keyed topics the loan processor consumes together.
+LOAN_KEYED = (LOAN_EVENTS, PAYMENT_EVENTS, PAYOUT_EVENTS)
+#: Topics upstream systems (and the ingest endpoint) write.
+UPSTREAM = (LOAN_EVENTS, PAYMENT_EVENTS, TREASURY_EVENTS)
+ALL = (LOAN_EVENTS, PAYMENT_EVENTS, PAYOUT_EVENTS, TREASURY_EVENTS)
+BY_NAME = {spec.name: spec for spec in ALL}
+
+DEAD_LETTERS_TOPIC = "dead-letters"
+CUSTOMER_NOTIFICATIONS_TOPIC = "customer-notifications"
+
+__all__ = [
+    "ALL",
+    "BY_NAME",
+    "CUSTOMER_NOTIFICATIONS_TOPIC",
+    "DEAD_LETTERS_TOPIC",
+    "LOAN_EVENTS",
+    "LOAN_KEYED",
+    "PAYMENT_EVENTS",
+    "PAYOUT_EVENTS",
+    "TREASURY_EVENTS",
+    "UPSTREAM",
+    "Event",
+    "Invalid",
+    "LoanEvent",
+    "TopicSpec",
+]

@@ -1,0 +1,21 @@
+"""`lendstream worker`: one Faust worker process against the configured Kafka and PostgreSQL."""
+
+from __future__ import annotations
+
+import asyncio
+
+import faust
+
+from lendstream.admin import ensure_topics
+from lendstream.app import create_app
+from lendstream.settings import Settings
+
+
+def run_worker(settings: Settings) -> int:
+    """Create the topics if missing, then run until SIGTERM/SIGINT (Faust stops cleanly)."""
+    asyncio.run(ensure_topics(settings.bootstrap_servers, settings.partitions,
+                              settings.replication_factor))  # fmt: skip
+    app, _runtime = create_app(settings)
+    worker = faust.Worker(app, loglevel="INFO", quiet=True)
+    worker.execute_from_commandline()
+    return 0
