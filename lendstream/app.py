@@ -17,10 +17,12 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from lendstream import kafka
 from lendstream.agents import loans as loan_agent
+from lendstream.agents.contiguity import ContiguityGuard
 from lendstream.metrics import Metrics
 from lendstream.projections import loans as loan_projection
 from lendstream.projections.migrate import migrate
-from lendstream.projections.writer import CheckpointedWriter
+from lendstream.projections.writer import CheckpointedWriter, stored_positions
+from lendstream.recovery import FixedRecovery
 from lendstream.settings import Settings
 from lendstream.tables import loans as loans_table
 from lendstream.topics import LOAN_KEYED
@@ -77,11 +79,13 @@ def create_app(settings: Settings, metrics: Metrics | None = None) -> tuple[faus
     """A worker app for `settings` (which must name a broker and a PostgreSQL DSN)."""
     settings.require("kafka", "pg_dsn")
     runtime = Runtime(settings, metrics or Metrics())
+    datadir = (settings.data_dir / "worker").resolve()
+    datadir.mkdir(parents=True, exist_ok=True)
     app = LendstreamApp(
         APP_ID,
         broker=settings.kafka,
         store="rocksdb://",
-        datadir=str((settings.data_dir / "worker").resolve()),
+        datadir=str(datadir),
         topic_partitions=settings.partitions,
         topic_replication_factor=settings.replication_factor,
         topic_disable_leader=True,
@@ -105,15 +109,25 @@ def create_app(settings: Settings, metrics: Metrics | None = None) -> tuple[faus
         partitions=settings.partitions,
     )
     table = loans_table.declare(app, settings.partitions)
+    app.tables._recovery = FixedRecovery(app, app.tables, beacon=app.tables.beacon)  # type: ignore[attr-defined]
     writer: CheckpointedWriter[Any] = CheckpointedWriter(
         pool=None,  # type: ignore[arg-type]  # set once the pool exists (on_start below)
         schema=settings.pg_schema,
         projection=loan_projection.PROJECTION,
         apply=loan_projection.make_apply(settings.pg_schema),
         metrics=runtime.metrics,
+        skip_seen=False,  # effects are idempotent by content (see projections/loans.py)
     )
     runtime.writers.append(writer)
-    processor = loan_agent.LoanProcessor(table, writer, runtime.metrics)
+    guard = ContiguityGuard(
+        stored_positions=lambda: stored_positions(
+            writer.pool, settings.pg_schema, writer.projection
+        ),
+        first_offset_from=lambda topic, partition, offset: kafka.first_offset_from(
+            settings.bootstrap_servers, TopicPartition(topic, partition), offset
+        ),
+    )
+    processor = loan_agent.LoanProcessor(table, writer, guard, runtime.metrics, settings.pg_schema)
     loan_agent.register(
         app, topic, processor, settings.batch_max, settings.batch_within, runtime.ready
     )

@@ -75,3 +75,39 @@ async def _collect(
         consumer.resume(*pending)
         await consumer.getmany(*pending, timeout_ms=200)
         await asyncio.sleep(0)
+
+
+async def first_offset_from(
+    bootstrap: str | list[str],
+    tp: TopicPartition,
+    offset: int,
+    timeout: float = PROBE_TIMEOUT_SECONDS,
+) -> int | None:
+    """The offset of the first record at or after `offset` in `tp`, or None if there is none.
+
+    Tells a real hole in a partition (records deleted by retention, transaction markers) from
+    records that exist but were not delivered.
+    """
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap,
+        group_id=None,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        fetch_max_wait_ms=50,
+        max_partition_fetch_bytes=64 * 1024,
+    )
+    await consumer.start()
+    try:
+        consumer.assign([tp])
+        consumer.seek(tp, offset)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            records = await consumer.getmany(tp, timeout_ms=200, max_records=1)
+            if records.get(tp):
+                return int(records[tp][0].offset)
+            highwater = consumer.highwater(tp)
+            if highwater is not None and await consumer.position(tp) >= highwater:
+                return None
+        raise TimeoutError(f"no answer for {tp.topic}[{tp.partition}] from offset {offset}")
+    finally:
+        await consumer.stop()

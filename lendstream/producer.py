@@ -7,6 +7,7 @@ from collections.abc import Iterable
 
 import orjson
 from aiokafka import AIOKafkaProducer
+from aiokafka.structs import RecordMetadata
 
 from lendstream.simulation import Produced
 
@@ -22,24 +23,30 @@ async def produce_all(
     producer: AIOKafkaProducer,
     messages: Iterable[Produced | tuple[str, bytes | None, bytes | None]],
     window: int = 5000,
-) -> int:
-    """Send every message, keeping at most `window` in flight; returns how many were sent.
+) -> dict[tuple[str, int], int]:
+    """Send every message, keeping at most `window` in flight.
+
+    Returns the highest offset written per (topic, partition).
 
     Items are `Produced` (encoded as JSON) or raw `(topic, key, value)` tuples (for tests that
     need bytes that are not valid events).
     """
-    pending: list[asyncio.Future[object]] = []
-    sent = 0
+    pending: list[asyncio.Future[RecordMetadata]] = []
+    ends: dict[tuple[str, int], int] = {}
+
+    async def settle() -> None:
+        for meta in await asyncio.gather(*pending):
+            tp = (meta.topic, meta.partition)
+            ends[tp] = max(ends.get(tp, -1), meta.offset)
+        pending.clear()
+
     for item in messages:
         if isinstance(item, Produced):
             topic, key, value = item.topic, item.key.encode(), orjson.dumps(item.value)
         else:
             topic, key, value = item
         pending.append(await producer.send(topic, value=value, key=key))
-        sent += 1
         if len(pending) >= window:
-            await asyncio.gather(*pending)
-            pending.clear()
-    if pending:
-        await asyncio.gather(*pending)
-    return sent
+            await settle()
+    await settle()
+    return ends

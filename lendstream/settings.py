@@ -129,7 +129,9 @@ def load_settings(**overrides: Any) -> Settings:
     try:
         return Settings(**overrides)
     except _SourceError as exc:
-        raise SettingsError(str(exc).replace('field "', f'{ENV_PREFIX}').split('" from')[0]) from None
+        raise SettingsError(
+            str(exc).replace('field "', f"{ENV_PREFIX}").split('" from')[0]
+        ) from None
     except ValidationError as exc:
         error = exc.errors()[0]
         name = f"{ENV_PREFIX}{str(error['loc'][0]).upper()}" if error["loc"] else ENV_PREFIX

@@ -78,11 +78,16 @@ class Pending:
 
 @dataclass(frozen=True, slots=True)
 class Keyed(Generic[S]):
-    """A key's whole processing state: aggregate, applied event ids, queue."""
+    """A key's whole processing state: aggregate, applied event ids, queue.
+
+    `seq` counts the batches that changed it; whoever stores copies (the RocksDB table, and
+    PostgreSQL in the projection's transaction) keeps the one with the highest `seq`.
+    """
 
     state: S | None = None
     applied: frozenset[str] = frozenset()
     queue: tuple[Pending, ...] = ()
+    seq: int = 0
 
 
 # -- outcomes ------------------------------------------------------------------------------

@@ -2,9 +2,16 @@
 `customer_exposure`, `event_log` and `dead_letters` rows.
 
 `rows_for` is pure (outcomes in, row tuples out); `apply` runs the statements inside the
-writer's transaction. Exposure is kept by deltas (each loan version's contribution minus the
-previous one's), which the writer's position guard makes exactly-once and which stay correct
-when several workers update one customer's row concurrently.
+writer's transaction.
+
+Every statement is idempotent by *content*, not by Kafka position: after a crash the messages
+of several partitions are redelivered in another interleaving, so the same message can have
+other effects the second time (an event that was parked may now apply at once). So: events are
+logged once by `event_id`; history rows are keyed by (loan, version); a summary only moves to a
+higher version; exposure changes by the difference between the summary being written and the
+one stored (read under a row lock), which is exact however often a batch is replayed and when
+several workers touch one customer; and a dead letter's status never moves back from a final
+state.
 """
 
 from __future__ import annotations
@@ -66,7 +73,7 @@ def exposure(loan: Loan | None) -> tuple[int, int]:
 class LoanRows:
     event_log: list[tuple[Any, ...]] = field(default_factory=list)
     versions: list[Loan] = field(default_factory=list)
-    exposure: dict[tuple[str, str], list[int]] = field(default_factory=dict)
+    applied_ids: list[str] = field(default_factory=list)
     dead_letters: list[tuple[Any, ...]] = field(default_factory=list)
 
     @property
@@ -104,24 +111,51 @@ def dead_letter_row(
 def rows_for(outcomes: Sequence[Outcome[Loan]], now: datetime) -> LoanRows:
     """Rows for a batch of outcomes, in order (pure)."""
     rows = LoanRows()
-    exposure_delta: dict[tuple[str, str], list[int]] = defaultdict(lambda: [0, 0])
     for outcome in outcomes:
         if isinstance(outcome, Applied):
             rows.event_log.append(event_log_row(outcome.event, outcome, now))
+            rows.applied_ids.append(outcome.event.event_id)
             before, after = outcome.before, outcome.after
             if before is None or after.version != before.version:
                 rows.versions.append(after)
-                delta = exposure_delta[(after.customer_id, after.currency)]
-                (a0, o0), (a1, o1) = exposure(before), exposure(after)
-                delta[0] += a1 - a0
-                delta[1] += o1 - o0
         if isinstance(outcome, Applied | Duplicate) and outcome.released is not None:
             rows.dead_letters.append(dead_letter_row(outcome.released, "released", None, now))
         elif isinstance(outcome, Parked | Dead):
             status = "dead" if isinstance(outcome, Dead) else "parked"
             rows.dead_letters.append(dead_letter_row(outcome.pending, status, outcome.message, now))
-    rows.exposure = dict(exposure_delta)
     return rows
+
+
+def exposure_deltas(
+    summaries: Sequence[Loan], stored: dict[str, tuple[int, str, int, str, str]]
+) -> tuple[list[Loan], dict[tuple[str, str], list[int]]]:
+    """The summaries that move a loan forward, and the exposure change they make (pure).
+
+    `stored` maps loan_id to the stored (version, status, outstanding, customer, currency).
+    """
+    newer: list[Loan] = []
+    deltas: dict[tuple[str, str], list[int]] = defaultdict(lambda: [0, 0])
+    for loan in summaries:
+        old = stored.get(loan.loan_id)
+        if old is not None and old[0] >= loan.version:
+            continue
+        newer.append(loan)
+        active, outstanding = exposure(loan)
+        delta = deltas[(loan.customer_id, loan.currency)]
+        delta[0] += active
+        delta[1] += outstanding
+        if old is not None and old[1] in ACTIVE:
+            old_delta = deltas[(old[3], old[4])]
+            old_delta[0] -= 1
+            old_delta[1] -= old[2]
+    return newer, dict(deltas)
+
+
+@dataclass(frozen=True)
+class StateSnapshot:
+    """The loans a batch changed, as (loan_id, seq, encoded state), stored with its rows."""
+
+    rows: list[tuple[str, int, bytes]]
 
 
 def make_apply(schema: str) -> Any:
@@ -165,11 +199,33 @@ def make_apply(schema: str) -> Any:
         "VALUES ($1,$2,$3,$4,$5,$6,$7,$8::jsonb,$9,$10,$11,$12,$13) "
         "ON CONFLICT (id) DO UPDATE SET status = excluded.status, "
         "error_class = excluded.error_class, error = excluded.error, "
-        "attempts = d.attempts + 1, last_attempt_at = excluded.last_attempt_at"
+        "attempts = d.attempts + 1, last_attempt_at = excluded.last_attempt_at "
+        "WHERE d.status IN ('parked', 'dead')"
+    )
+    sql_release_applied = (
+        f"UPDATE {s}.dead_letters SET status = 'released', last_attempt_at = now() "
+        "WHERE event_id = ANY($1::text[]) AND status = 'parked'"
+    )
+    sql_lock_summaries = (
+        f"SELECT loan_id, version, status, outstanding_cents, customer_id, currency "
+        f"FROM {s}.loan_summary WHERE loan_id = ANY($1::text[]) ORDER BY loan_id FOR UPDATE"
     )
 
-    async def apply(conn: asyncpg.Connection, batches: Sequence[Sequence[Outcome[Loan]]]) -> None:
-        outcomes = [o for batch in batches for o in batch]
+    sql_state = (
+        f"INSERT INTO {s}.loan_state AS l (loan_id, seq, state) "
+        "SELECT * FROM unnest($1::text[], $2::bigint[], $3::bytea[]) "
+        "ON CONFLICT (loan_id) DO UPDATE SET seq = excluded.seq, state = excluded.state, "
+        "updated_at = now() WHERE l.seq < excluded.seq"
+    )
+
+    async def apply(
+        conn: asyncpg.Connection, payloads: Sequence[Sequence[Outcome[Loan]] | StateSnapshot]
+    ) -> None:
+        for snapshot in payloads:
+            if isinstance(snapshot, StateSnapshot) and snapshot.rows:
+                ids, seqs, states = zip(*sorted(snapshot.rows), strict=True)
+                await conn.execute(sql_state, list(ids), list(seqs), list(states))
+        outcomes = [o for batch in payloads if not isinstance(batch, StateSnapshot) for o in batch]
         rows = rows_for(outcomes, datetime.now(UTC))
         if rows.event_log:
             await conn.executemany(sql_event_log, rows.event_log)
@@ -181,12 +237,29 @@ def make_apply(schema: str) -> Any:
                 sql_close_version,
                 [(v.loan_id, v.version - 1, v.updated_at) for v in rows.versions if v.version > 1],
             )
-            await conn.executemany(sql_summary, [loan_row(v) for v in rows.summaries])
-        if rows.exposure:
+            summaries = sorted(rows.summaries, key=lambda loan: loan.loan_id)
+            stored = {
+                r["loan_id"]: (r["version"], r["status"], r["outstanding_cents"],
+                               r["customer_id"], r["currency"])
+                for r in await conn.fetch(sql_lock_summaries, [v.loan_id for v in summaries])
+            }  # fmt: skip
+            newer, deltas = exposure_deltas(summaries, stored)
+            await conn.executemany(sql_summary, [loan_row(v) for v in newer])
             await conn.executemany(
-                sql_exposure, [(c, cur, a, o) for (c, cur), (a, o) in sorted(rows.exposure.items())]
+                sql_exposure, [(c, cur, a, o) for (c, cur), (a, o) in sorted(deltas.items())]
             )
         if rows.dead_letters:
             await conn.executemany(sql_dead_letter, rows.dead_letters)
+        if rows.applied_ids:
+            await conn.execute(sql_release_applied, rows.applied_ids)
 
     return apply
+
+
+def newer_states_sql(schema: str) -> str:
+    """Stored states newer than the given (loan_id, seq) pairs: $1 ids, $2 seqs."""
+    return (
+        f'SELECT l.loan_id, l.state FROM "{schema}".loan_state l '
+        "JOIN unnest($1::text[], $2::bigint[]) AS t(loan_id, seq) ON l.loan_id = t.loan_id "
+        "WHERE l.seq > t.seq"
+    )

@@ -1,9 +1,12 @@
 """The batched, checkpointing PostgreSQL writer behind every projection.
 
 One `commit` is one transaction holding a batch's rows *and* the projection's Kafka positions
-(`projection_positions`). Before writing, the transaction locks the positions of the partitions
-in the batch and drops every item whose triggering message is at or below the stored position:
-after a crash, a rebalance or a redelivery, a message's rows are written once and only once.
+(`projection_positions`). The transaction locks the positions of the partitions in the batch.
+With `skip_seen=True` it drops every item whose triggering message is at or below the stored
+position, which makes any projection exactly-once as long as a redelivered message has the same
+effects as the first time. A projection whose effects depend on the interleaving of several
+partitions (the loan projection) sets `skip_seen=False` and makes each statement idempotent by
+content instead; the positions then still record what was durably processed.
 
 If PostgreSQL is unreachable, `commit` keeps retrying with capped exponential backoff and does
 not return until the batch is durable: the caller does not ack (and Kafka does not advance)
@@ -17,7 +20,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 import asyncpg
 
@@ -26,6 +29,7 @@ from lendstream.metrics import Metrics
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+R = TypeVar("R")
 
 RETRY_INITIAL_SECONDS = 0.2
 RETRY_MAX_SECONDS = 5.0
@@ -66,7 +70,9 @@ class CheckpointedWriter(Generic[T]):
         projection: str,
         apply: Apply[T],
         metrics: Metrics,
+        skip_seen: bool = True,
     ) -> None:
+        self.skip_seen = skip_seen
         self.pool = pool
         self.schema = schema
         self.projection = projection
@@ -85,18 +91,26 @@ class CheckpointedWriter(Generic[T]):
 
         Returns how many items were new. Retries until PostgreSQL takes the batch.
         """
+        started = time.perf_counter()
+        written = await self._retrying(lambda: self._commit_once(items, ends))
+        self._committed(len(items), time.perf_counter() - started, timestamps)
+        return written
+
+    async def fetch(self, sql: str, *args: Any) -> list[asyncpg.Record]:
+        """A read for the batch in progress, retried like `commit` while PostgreSQL is away."""
+        return await self._retrying(lambda: self.pool.fetch(sql, *args))
+
+    async def _retrying(self, attempt: Callable[[], Awaitable[R]]) -> R:
         delay = RETRY_INITIAL_SECONDS
         while True:
             try:
-                started = time.perf_counter()
-                written = await self._commit_once(items, ends)
+                result = await attempt()
             except UNAVAILABLE as exc:
                 self._unavailable(exc)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, RETRY_MAX_SECONDS)
                 continue
-            self._committed(len(items), time.perf_counter() - started, timestamps)
-            return written
+            return result
 
     async def _commit_once(
         self, items: Sequence[Item[T]], ends: Mapping[tuple[str, int], int]

@@ -37,6 +37,7 @@ def encode(keyed: Keyed[Loan]) -> bytes:
             "s": keyed.state,
             "a": sorted(keyed.applied),
             "q": [_pending_to_json(p) for p in keyed.queue],
+            "n": keyed.seq,
         }
     )
 
@@ -49,6 +50,7 @@ def decode(raw: bytes | None) -> Keyed[Loan]:
         state=_loan_from_json(obj["s"]) if obj["s"] else None,
         applied=frozenset(obj["a"]),
         queue=tuple(_pending_from_json(p) for p in obj["q"]),
+        seq=obj.get("n", 0),
     )
 
 

@@ -80,7 +80,7 @@ class TopicSpec:
         if not isinstance(obj, dict):
             return Invalid("NotAnObject", f"value is a JSON {type(obj).__name__}, not an object")
         kind = obj.get("type")
-        if kind not in self.types:
+        if not isinstance(kind, str) or kind not in self.types:
             return Invalid("UnknownType", f"type: {kind!r} is not an event of {self.name}")
         try:
             event: Event = self.adapter.validate_python(self._upcast(obj))

@@ -9,6 +9,15 @@ CREATE TABLE projection_positions (
     PRIMARY KEY (projection, topic, partition)
 );
 
+-- The loan processor's state per loan, written in the same transaction as the read models:
+-- the authoritative copy when the RocksDB table (a changelog-backed cache) is behind.
+CREATE TABLE loan_state (
+    loan_id    text        PRIMARY KEY,
+    seq        bigint      NOT NULL,
+    state      bytea       NOT NULL,
+    updated_at timestamptz NOT NULL DEFAULT now()
+);
+
 CREATE TABLE loan_summary (
     loan_id               text        PRIMARY KEY,
     customer_id           text        NOT NULL,
@@ -148,3 +157,4 @@ CREATE TABLE dead_letters (
 );
 CREATE INDEX dead_letters_status ON dead_letters (status, topic);
 CREATE INDEX dead_letters_key ON dead_letters (topic, key);
+CREATE INDEX dead_letters_event ON dead_letters (event_id);

@@ -1,0 +1,68 @@
+"""Admit only messages that continue, without a hole, from the durably processed position.
+
+Our PostgreSQL positions (written in the same transaction as the rows) say exactly which
+messages of each partition have been processed. A batch may contain a message beyond
+`position + 1` only if the messages in between do not exist (deleted by retention, or
+transaction markers of an upstream producer). Otherwise the consumer skipped them and they
+would be lost: the guard raises `SkippedMessages` before anything of the batch is written or
+acked, and the agent stops the worker (fail-stop) so that nothing is silently lost.
+
+faust-streaming 0.15.3 did skip messages after a table restore (see `lendstream.recovery` for
+the race and its fix); this guard is what found it and what keeps it from ever costing data.
+Messages at or below the position are admitted: they are redeliveries, which the table dedupes
+and the projection skips.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+
+from faust.types import EventT
+
+log = logging.getLogger(__name__)
+
+Positions = Callable[[], Awaitable[Mapping[tuple[str, int], int]]]
+FirstOffset = Callable[[str, int, int], Awaitable[int | None]]
+
+
+class SkippedMessages(Exception):
+    """The consumer delivered a message past records that exist but were never processed."""
+
+
+@dataclass
+class ContiguityGuard:
+    """Checks that each partition's messages continue from the stored position."""
+
+    stored_positions: Positions  # last processed offset per (topic, partition), durable
+    first_offset_from: FirstOffset  # first existing offset at or after an offset, or None
+    expected: dict[tuple[str, int], int] = field(default_factory=dict)
+    holes_skipped: int = 0  # real holes (no records there)
+
+    async def check(self, events: list[EventT]) -> None:
+        """Raise `SkippedMessages` if `events` would skip an existing message."""
+        for event in events:
+            msg = event.message
+            tp = (msg.topic, msg.partition)
+            await self._continues(tp, msg.offset)
+            self.expected[tp] = max(self.expected.get(tp, 0), msg.offset + 1)
+
+    async def _continues(self, tp: tuple[str, int], offset: int) -> None:
+        expected = self.expected.get(tp)
+        if expected is not None and offset <= expected:
+            return
+        stored = await self.stored_positions()
+        expected = stored[tp] + 1 if tp in stored else self.expected.get(tp, 0)
+        self.expected[tp] = expected
+        if offset <= expected:
+            return
+        first = await self.first_offset_from(tp[0], tp[1], expected)
+        if first is not None and first >= offset:
+            log.warning("no records at %s[%d] offsets %d..%d; skipping", *tp, expected, offset - 1)
+            self.holes_skipped += 1
+            return
+        raise SkippedMessages(
+            f"consumer skipped {tp[0]}[{tp[1]}] offsets {expected}..{offset - 1} "
+            f"(first existing: {first})"
+        )
