@@ -49,7 +49,9 @@ def pg_schema(postgres: Postgres) -> Iterator[str]:
 
 
 @pytest.fixture
-def pipeline(broker: Broker, postgres: Postgres, pg_schema: str, tmp_path: Path) -> Iterator[Pipeline]:
+def pipeline(
+    broker: Broker, postgres: Postgres, pg_schema: str, tmp_path: Path
+) -> Iterator[Pipeline]:
     settings = Settings(
         kafka=broker.url,
         pg_dsn=postgres.dsn,

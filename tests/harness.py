@@ -102,7 +102,9 @@ class Pipeline:
             code = worker.proc.poll()
             if code == FAIL_STOP_EXIT_CODE:
                 self.fail_stops += 1
-                assert self.fail_stops <= MAX_FAIL_STOPS, f"worker keeps failing:\n{worker.log_tail()}"
+                assert self.fail_stops <= MAX_FAIL_STOPS, (
+                    f"worker keeps failing:\n{worker.log_tail()}"
+                )
                 self.workers[i] = self.start_worker(worker.name, **worker.overrides)
                 self.workers.pop()
             elif code not in (None, -signal.SIGKILL):
@@ -115,7 +117,9 @@ class Pipeline:
     async def create_topics(self) -> None:
         await ensure_topics(self.settings.bootstrap_servers, self.settings.partitions)
 
-    async def produce(self, items: Iterable[Produced | tuple[str, bytes | None, bytes | None]]) -> None:
+    async def produce(
+        self, items: Iterable[Produced | tuple[str, bytes | None, bytes | None]]
+    ) -> None:
         """Produce and remember the end offsets (to know when the worker caught up)."""
         producer = kafka_producer(self.settings.bootstrap_servers)
         await producer.start()

@@ -43,7 +43,9 @@ def fold_loan(events: list[Produced]) -> dict[str, Any]:
             row.update(status="approved", approved_amount_cents=a, interest_rate_bps=r,
                        total_due_cents=a + (a * r) // 10000, approved_at=at)  # fmt: skip
         elif kind in ("LoanRejected", "LoanCanceled", "PayoutFailed"):
-            status = {"LoanRejected": "rejected", "LoanCanceled": "canceled"}.get(kind, "payout_failed")
+            status = {"LoanRejected": "rejected", "LoanCanceled": "canceled"}.get(
+                kind, "payout_failed"
+            )
             row.update(status=status, closed_reason=d["reason"])
         elif kind == "PayoutRequested":
             row.update(status="payout_pending")
@@ -53,7 +55,9 @@ def fold_loan(events: list[Produced]) -> dict[str, Any]:
             repaid = row["repaid_cents"] + d["amount_cents"]
             left = max(row["total_due_cents"] - repaid, 0)
             row.update(repaid_cents=repaid, outstanding_cents=left)
-            row.update(status="settled", settled_at=at) if left == 0 else row.update(status="repaying")
+            row.update(status="settled", settled_at=at) if left == 0 else row.update(
+                status="repaying"
+            )
         else:
             changed = False  # saga steps never change the row
         if changed:

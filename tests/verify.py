@@ -15,7 +15,11 @@ async def assert_read_models_match(pipeline: Pipeline, traffic: Traffic) -> None
     extra = sorted(set(actual) - set(expected))[:5]
     assert not missing and not extra, f"loans missing {missing}, unexpected {extra}"
     wrong = [(k, expected[k], actual[k]) for k in expected if expected[k] != actual[k]]
-    assert not wrong, f"{len(wrong)} loans differ from the oracle, e.g. {wrong[:2]}"
+    if wrong:
+        detail = await explain(pipeline, wrong[0][0])
+        raise AssertionError(
+            f"{len(wrong)} loans differ from the oracle, e.g. {wrong[:1]}\n{detail}"
+        )
 
     exposure_rows = await pipeline.fetch("SELECT * FROM customer_exposure")
     actual_exposure = {
@@ -42,6 +46,20 @@ async def assert_read_models_match(pipeline: Pipeline, traffic: Traffic) -> None
     for h in history:
         assert h["n"] == h["v"] == expected[h["loan_id"]]["version"], h
         assert h["open"] == 1, h
+
+
+async def explain(pipeline: Pipeline, loan_id: str) -> str:
+    """What the read models know of one loan: dead letters, event log, stored state."""
+    letters = await pipeline.fetch(
+        'SELECT id, status, error_class, error, attempts FROM dead_letters WHERE key = $1 ORDER BY "offset"',
+        loan_id,
+    )
+    log = await pipeline.fetch(
+        'SELECT topic, partition, "offset", type FROM event_log WHERE loan_id = $1 ORDER BY recorded_at',
+        loan_id,
+    )
+    state = await pipeline.fetch("SELECT seq, state FROM loan_state WHERE loan_id = $1", loan_id)
+    return f"dead letters: {letters}\nevent log: {log}\nstate: {state}"
 
 
 async def assert_invalid_are_dead(pipeline: Pipeline, traffic: Traffic) -> None:

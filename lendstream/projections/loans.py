@@ -16,6 +16,7 @@ state.
 
 from __future__ import annotations
 
+import hashlib
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -158,6 +159,11 @@ class StateSnapshot:
     rows: list[tuple[str, int, bytes]]
 
 
+def state_digest(encoded: bytes | None) -> bytes:
+    """Fingerprint of an encoded state (b"" for none): equal digests, identical states."""
+    return hashlib.blake2b(encoded, digest_size=16).digest() if encoded else b""
+
+
 def make_apply(schema: str) -> Any:
     """The writer's `apply` for this projection, bound to `schema`."""
     s = f'"{schema}"'
@@ -212,10 +218,10 @@ def make_apply(schema: str) -> Any:
     )
 
     sql_state = (
-        f"INSERT INTO {s}.loan_state AS l (loan_id, seq, state) "
-        "SELECT * FROM unnest($1::text[], $2::bigint[], $3::bytea[]) "
-        "ON CONFLICT (loan_id) DO UPDATE SET seq = excluded.seq, state = excluded.state, "
-        "updated_at = now() WHERE l.seq < excluded.seq"
+        f"INSERT INTO {s}.loan_state AS l (loan_id, seq, digest, state) "
+        "SELECT * FROM unnest($1::text[], $2::bigint[], $3::bytea[], $4::bytea[]) "
+        "ON CONFLICT (loan_id) DO UPDATE SET seq = excluded.seq, digest = excluded.digest, "
+        "state = excluded.state, updated_at = now() WHERE l.seq < excluded.seq"
     )
 
     async def apply(
@@ -224,7 +230,8 @@ def make_apply(schema: str) -> Any:
         for snapshot in payloads:
             if isinstance(snapshot, StateSnapshot) and snapshot.rows:
                 ids, seqs, states = zip(*sorted(snapshot.rows), strict=True)
-                await conn.execute(sql_state, list(ids), list(seqs), list(states))
+                digests = [state_digest(state) for state in states]
+                await conn.execute(sql_state, list(ids), list(seqs), digests, list(states))
         outcomes = [o for batch in payloads if not isinstance(batch, StateSnapshot) for o in batch]
         rows = rows_for(outcomes, datetime.now(UTC))
         if rows.event_log:
@@ -256,8 +263,13 @@ def make_apply(schema: str) -> Any:
     return apply
 
 
-def newer_states_sql(schema: str) -> str:
-    """Stored states newer than the given (loan_id, seq) pairs: $1 ids, $2 seqs."""
+def differing_states_sql(schema: str) -> str:
+    """Stored states newer than the given ones: $1 loan ids, $2 their seqs.
+
+    (Digests are stored too; preferring the stored copy whenever the digests differ at an
+    equal seq made the crash test worse, which says the two copies can fork — see the note in
+    `agents/loans.py`.)
+    """
     return (
         f'SELECT l.loan_id, l.state FROM "{schema}".loan_state l '
         "JOIN unnest($1::text[], $2::bigint[]) AS t(loan_id, seq) ON l.loan_id = t.loan_id "

@@ -46,7 +46,12 @@ async def test_loan_as_of_matches_the_events_up_to_that_time(pipeline: Pipeline)
     for events in lifecycles:
         loan_id = events[0].key
         times = [oracle._ts(e.value["occurred_at"]) for e in events]
-        probes = [times[0] - timedelta(seconds=1), times[2], times[3] + timedelta(seconds=1), times[-1]]
+        probes = [
+            times[0] - timedelta(seconds=1),
+            times[2],
+            times[3] + timedelta(seconds=1),
+            times[-1],
+        ]
         for as_of in probes:
             upto = [e for e, t in zip(events, times, strict=True) if t <= as_of]
             expected = oracle.fold_loan(upto) if upto else None
@@ -56,6 +61,12 @@ async def test_loan_as_of_matches_the_events_up_to_that_time(pipeline: Pipeline)
                 assert sql == [] and cli is None
                 continue
             assert len(sql) == 1
-            for column in ("status", "repaid_cents", "outstanding_cents", "version", "approved_amount_cents"):
+            for column in (
+                "status",
+                "repaid_cents",
+                "outstanding_cents",
+                "version",
+                "approved_amount_cents",
+            ):
                 assert sql[0][column] == expected[column], (loan_id, as_of, column)
                 assert cli is not None and cli[column] == expected[column], (loan_id, as_of, column)
