@@ -20,6 +20,19 @@ from aiokafka.structs import TopicPartition
 PROBE_TIMEOUT_SECONDS = 15.0
 
 
+def _probe_consumer(bootstrap: str | list[str], max_partition_fetch_bytes: int) -> AIOKafkaConsumer:
+    """A group-less consumer for short look-ups (it never commits or joins a group)."""
+    return AIOKafkaConsumer(
+        bootstrap_servers=bootstrap,
+        group_id=None,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        fetch_max_wait_ms=50,
+        max_partition_fetch_bytes=max_partition_fetch_bytes,
+        fetch_max_bytes=64 * 1024,
+    )
+
+
 async def high_watermarks(
     bootstrap: str | list[str],
     partitions: Iterable[TopicPartition],
@@ -35,15 +48,7 @@ async def high_watermarks(
     tps = list(dict.fromkeys(partitions))
     if not tps:
         return {}
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=bootstrap,
-        group_id=None,
-        enable_auto_commit=False,
-        auto_offset_reset="earliest",
-        fetch_max_wait_ms=50,
-        max_partition_fetch_bytes=1024,
-        fetch_max_bytes=64 * 1024,
-    )
+    consumer = _probe_consumer(bootstrap, max_partition_fetch_bytes=1024)
     await consumer.start()
     try:
         consumer.assign(tps)
@@ -88,14 +93,7 @@ async def first_offset_from(
     Tells a real hole in a partition (records deleted by retention, transaction markers) from
     records that exist but were not delivered.
     """
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=bootstrap,
-        group_id=None,
-        enable_auto_commit=False,
-        auto_offset_reset="earliest",
-        fetch_max_wait_ms=50,
-        max_partition_fetch_bytes=64 * 1024,
-    )
+    consumer = _probe_consumer(bootstrap, max_partition_fetch_bytes=64 * 1024)
     await consumer.start()
     try:
         consumer.assign([tp])
