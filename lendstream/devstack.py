@@ -27,6 +27,7 @@ import asyncpg
 
 from lendstream.admin import ensure_topics
 from lendstream.embedded import Broker, Postgres, start_broker, start_postgres, stop_process
+from lendstream.pg import drop_schema
 from lendstream.producer import kafka_producer, produce_all
 from lendstream.settings import Settings
 from lendstream.simulation import interleave, population
@@ -90,15 +91,8 @@ def _reset_local_state(settings: Settings, embedded_broker: bool) -> None:
     if not embedded_broker:
         return
     shutil.rmtree(settings.data_dir.resolve() / "worker", ignore_errors=True)
-
-    async def drop_schema() -> None:
-        conn = await asyncpg.connect(settings.pg_dsn)
-        try:
-            await conn.execute(f'DROP SCHEMA IF EXISTS "{settings.pg_schema}" CASCADE')
-        finally:
-            await conn.close()
-
-    asyncio.run(drop_schema())
+    assert settings.pg_dsn is not None
+    asyncio.run(drop_schema(settings.pg_dsn, settings.pg_schema))
 
 
 def _spawn_worker(settings: Settings, log_path: Path) -> subprocess.Popen[bytes]:

@@ -21,3 +21,14 @@ def resolve_dsn(settings: Settings) -> str:
             f"LENDSTREAM_PG_DSN is not set and there is no embedded PostgreSQL in {pg_dir}"
         )
     return start_postgres(pg_dir).dsn
+
+
+async def drop_schema(dsn: str, schema: str) -> None:
+    """Remove the read-model schema and everything in it (dev resets and test clean-up)."""
+    import asyncpg
+
+    conn = await asyncpg.connect(dsn)
+    try:
+        await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+    finally:
+        await conn.close()

@@ -7,10 +7,10 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
-import asyncpg
 import pytest
 
 from lendstream.embedded import Broker, Postgres, start_broker, start_postgres
+from lendstream.pg import drop_schema
 from lendstream.settings import Settings
 from tests.harness import Pipeline
 
@@ -37,15 +37,7 @@ def broker(tmp_path: Path) -> Iterator[Broker]:
 def pg_schema(postgres: Postgres) -> Iterator[str]:
     schema = f"t_{uuid.uuid4().hex[:12]}"
     yield schema
-
-    async def drop() -> None:
-        conn = await asyncpg.connect(postgres.dsn)
-        try:
-            await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
-        finally:
-            await conn.close()
-
-    asyncio.run(drop())
+    asyncio.run(drop_schema(postgres.dsn, schema))
 
 
 @pytest.fixture
