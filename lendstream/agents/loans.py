@@ -30,7 +30,7 @@ from lendstream.agents.contiguity import ContiguityGuard
 from lendstream.domain.loans import Loan, evolve
 from lendstream.domain.sequencing import Applied, Dead, Duplicate, Keyed, Outcome, Parked, receive
 from lendstream.metrics import Metrics
-from lendstream.projections.loans import StateSnapshot, differing_states_sql
+from lendstream.projections.loans import StateSnapshot, newer_states_sql
 from lendstream.projections.writer import CheckpointedWriter, Item
 from lendstream.tables import loans as loans_table
 from lendstream.topics import LOAN_KEYED
@@ -49,7 +49,7 @@ class LoanProcessor:
         metrics: Metrics,
         schema: str,
     ) -> None:
-        self.differing_sql = differing_states_sql(schema)
+        self.newer_sql = newer_states_sql(schema)
         self.table = table
         self.writer = writer
         self.guard = guard
@@ -67,10 +67,11 @@ class LoanProcessor:
             states[message.key], outcomes = receive(states[message.key], message, evolve, now)
             items.append(Item(message.position, outcomes))
             self.count(outcomes)
+        snapshot = []
         for key, keyed in states.items():
             if keyed != loaded[key]:
                 states[key] = replace(keyed, seq=loaded[key].seq + 1)
-        snapshot = [(k, v.seq, loans_table.encode(v)) for k, v in states.items() if v != loaded[k]]
+                snapshot.append((key, states[key].seq, loans_table.encode(states[key])))
         items.append(Item(messages[0].position, StateSnapshot(snapshot)))
         await self.writer.commit(items, partition_ends(events), [m.timestamp for m in messages])
         for key, keyed in states.items():
@@ -78,7 +79,7 @@ class LoanProcessor:
                 self.table[key.encode()] = loans_table.encode(keyed)
 
     async def load(self, events_by_key: dict[str, EventT]) -> dict[str, Keyed[Loan]]:
-        """Each key's state: the table's, or PostgreSQL's where the two differ."""
+        """Each key's state: the table's, or PostgreSQL's where that one is newer."""
         raw = {}
         for key, event in events_by_key.items():
             with as_current(event):
@@ -86,13 +87,11 @@ class LoanProcessor:
         states = {key: loans_table.decode(value) for key, value in raw.items()}
         keys = list(raw)
         seqs = [states[k].seq for k in keys]
-        differing = await self.writer.fetch(self.differing_sql, keys, seqs)
-        for row in differing:
+        newer = await self.writer.fetch(self.newer_sql, keys, seqs)
+        for row in newer:
             states[row["loan_id"]] = loans_table.decode(row["state"])
-        if differing:
-            log.warning(
-                "%d loan states were behind in the table; took PostgreSQL's", len(differing)
-            )
+        if newer:
+            log.warning("%d loan states were behind in the table; took PostgreSQL's", len(newer))
         return states
 
     def count(self, outcomes: OutcomeBatch) -> None:

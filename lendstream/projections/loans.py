@@ -16,7 +16,6 @@ state.
 
 from __future__ import annotations
 
-import hashlib
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -159,11 +158,6 @@ class StateSnapshot:
     rows: list[tuple[str, int, bytes]]
 
 
-def state_digest(encoded: bytes | None) -> bytes:
-    """Fingerprint of an encoded state (b"" for none): equal digests, identical states."""
-    return hashlib.blake2b(encoded, digest_size=16).digest() if encoded else b""
-
-
 def make_apply(schema: str) -> Any:
     """The writer's `apply` for this projection, bound to `schema`."""
     s = f'"{schema}"'
@@ -218,10 +212,10 @@ def make_apply(schema: str) -> Any:
     )
 
     sql_state = (
-        f"INSERT INTO {s}.loan_state AS l (loan_id, seq, digest, state) "
-        "SELECT * FROM unnest($1::text[], $2::bigint[], $3::bytea[], $4::bytea[]) "
-        "ON CONFLICT (loan_id) DO UPDATE SET seq = excluded.seq, digest = excluded.digest, "
-        "state = excluded.state, updated_at = now() WHERE l.seq < excluded.seq"
+        f"INSERT INTO {s}.loan_state AS l (loan_id, seq, state) "
+        "SELECT * FROM unnest($1::text[], $2::bigint[], $3::bytea[]) "
+        "ON CONFLICT (loan_id) DO UPDATE SET seq = excluded.seq, state = excluded.state, "
+        "updated_at = now() WHERE l.seq < excluded.seq"
     )
 
     async def apply(
@@ -230,8 +224,7 @@ def make_apply(schema: str) -> Any:
         for snapshot in payloads:
             if isinstance(snapshot, StateSnapshot) and snapshot.rows:
                 ids, seqs, states = zip(*sorted(snapshot.rows), strict=True)
-                digests = [state_digest(state) for state in states]
-                await conn.execute(sql_state, list(ids), list(seqs), digests, list(states))
+                await conn.execute(sql_state, list(ids), list(seqs), list(states))
         outcomes = [o for batch in payloads if not isinstance(batch, StateSnapshot) for o in batch]
         rows = rows_for(outcomes, datetime.now(UTC))
         if rows.event_log:
@@ -263,12 +256,11 @@ def make_apply(schema: str) -> Any:
     return apply
 
 
-def differing_states_sql(schema: str) -> str:
+def newer_states_sql(schema: str) -> str:
     """Stored states newer than the given ones: $1 loan ids, $2 their seqs.
 
-    (Digests are stored too; preferring the stored copy whenever the digests differ at an
-    equal seq made the crash test worse, which says the two copies can fork — see the note in
-    `agents/loans.py`.)
+    (Preferring the stored copy whenever the two differed at an equal seq made the crash test
+    worse, which says the two copies can fork — see the note in `agents/loans.py`.)
     """
     return (
         f'SELECT l.loan_id, l.state FROM "{schema}".loan_state l '

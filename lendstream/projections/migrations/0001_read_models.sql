@@ -14,7 +14,6 @@ CREATE TABLE projection_positions (
 CREATE TABLE loan_state (
     loan_id    text        PRIMARY KEY,
     seq        bigint      NOT NULL,
-    digest     bytea       NOT NULL,
     state      bytea       NOT NULL,
     updated_at timestamptz NOT NULL DEFAULT now()
 );
