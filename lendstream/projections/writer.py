@@ -117,12 +117,7 @@ class CheckpointedWriter(Generic[T]):
     ) -> int:
         async with self.pool.acquire() as conn, conn.transaction():
             stored = await self._lock_positions(conn, ends)
-            fresh = [
-                item.payload
-                for item in items
-                if item.trigger.offset
-                > stored.get((item.trigger.topic, item.trigger.partition), -1)
-            ]
+            fresh = [item.payload for item in items if not self._seen(item, stored)]
             if fresh:
                 await self.apply(conn, fresh)
             await conn.executemany(
@@ -131,6 +126,13 @@ class CheckpointedWriter(Generic[T]):
                 [(self.projection, t, p, o) for (t, p), o in ends.items()],
             )
             return len(fresh)
+
+    def _seen(self, item: Item[T], stored: Mapping[tuple[str, int], int]) -> bool:
+        """Whether `item` is to be dropped as already written (only with `skip_seen`)."""
+        if not self.skip_seen:
+            return False
+        trigger = item.trigger
+        return trigger.offset <= stored.get((trigger.topic, trigger.partition), -1)
 
     async def _lock_positions(
         self, conn: asyncpg.Connection, ends: Mapping[tuple[str, int], int]
