@@ -29,7 +29,9 @@ async def pool(postgres: Postgres, pg_schema: str) -> AsyncIterator[asyncpg.Pool
         await pool.close()
 
 
-def writer(pool: asyncpg.Pool, schema: str, skip_seen: bool, into: list[str]) -> CheckpointedWriter[str]:
+def writer(
+    pool: asyncpg.Pool, schema: str, skip_seen: bool, into: list[str]
+) -> CheckpointedWriter[str]:
     async def apply(conn: asyncpg.Connection, payloads: Sequence[str]) -> None:
         into.extend(payloads)
 
