@@ -17,15 +17,18 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from lendstream import kafka
 from lendstream.agents import loans as loan_agent
+from lendstream.agents import timers
 from lendstream.agents.contiguity import ContiguityGuard
+from lendstream.domain import loans as loan_domain
+from lendstream.domain.sequencing import Evolve, Policy
 from lendstream.metrics import Metrics
 from lendstream.projections import loans as loan_projection
 from lendstream.projections.migrate import migrate
-from lendstream.projections.writer import CheckpointedWriter, stored_positions
+from lendstream.projections.writer import CheckpointedWriter
 from lendstream.recovery import FixedRecovery
 from lendstream.settings import Settings
 from lendstream.tables import loans as loans_table
-from lendstream.topics import LOAN_KEYED
+from lendstream.topics import DEAD_LETTERS_TOPIC, LOAN_CONTROL, LOAN_PROCESSOR_INPUTS
 
 log = logging.getLogger(__name__)
 APP_ID = "lendstream"
@@ -75,8 +78,14 @@ class Runtime:
     startup_error: str | None = None
 
 
-def create_app(settings: Settings, metrics: Metrics | None = None) -> tuple[faust.App, Runtime]:
-    """A worker app for `settings` (which must name a broker and a PostgreSQL DSN)."""
+def create_app(
+    settings: Settings,
+    metrics: Metrics | None = None,
+    evolve: Evolve[loan_domain.Loan] = loan_domain.evolve,
+) -> tuple[faust.App, Runtime]:
+    """A worker app for `settings` (which must name a broker and a PostgreSQL DSN).
+
+    `evolve` is the loan fold; tests replace it to inject transient failures."""
     settings.require("kafka", "pg_dsn")
     runtime = Runtime(settings, metrics or Metrics())
     datadir = (settings.data_dir / "worker").resolve()
@@ -103,14 +112,16 @@ def create_app(settings: Settings, metrics: Metrics | None = None) -> tuple[faus
         autodiscover=False,
     )
     topic = app.topic(
-        *[spec.name for spec in LOAN_KEYED],
+        *[spec.name for spec in LOAN_PROCESSOR_INPUTS],
         key_serializer="raw",
         value_serializer="raw",
         partitions=settings.partitions,
     )
+    control = app.topic(LOAN_CONTROL.name, key_serializer="raw", value_serializer="raw")
+    dead_letters = app.topic(DEAD_LETTERS_TOPIC, key_serializer="raw", value_serializer="raw")
     table = loans_table.declare(app, settings.partitions)
     app.tables._recovery = FixedRecovery(app, app.tables, beacon=app.tables.beacon)  # type: ignore[attr-defined]
-    writer: CheckpointedWriter[Any] = CheckpointedWriter(
+    writer: CheckpointedWriter[loan_projection.BatchRows] = CheckpointedWriter(
         pool=None,  # type: ignore[arg-type]  # set once the pool exists (on_start below)
         schema=settings.pg_schema,
         projection=loan_projection.PROJECTION,
@@ -120,17 +131,23 @@ def create_app(settings: Settings, metrics: Metrics | None = None) -> tuple[faus
     )
     runtime.writers.append(writer)
     guard = ContiguityGuard(
-        stored_positions=lambda: stored_positions(
-            writer.pool, settings.pg_schema, writer.projection
-        ),
+        stored_positions=writer.stored,
         first_offset_from=lambda topic, partition, offset: kafka.first_offset_from(
             settings.bootstrap_servers, TopicPartition(topic, partition), offset
         ),
     )
-    processor = loan_agent.LoanProcessor(table, writer, guard, runtime.metrics, settings.pg_schema)
+    policy = Policy(backoff=settings.retry_backoff, park_deadline=settings.park_deadline)
+    processor = loan_agent.LoanProcessor(
+        table, writer, guard, runtime.metrics, settings.pg_schema, evolve, policy, dead_letters
+    )
     loan_agent.register(
         app, topic, processor, settings.batch_max, settings.batch_within, runtime.ready
     )
+
+    async def send_command(loan_id: str, partition: int, value: bytes) -> None:
+        await control.send(key=loan_id.encode(), value=value, partition=partition)
+
+    timers.register(app, timers.TimerSweep(writer, settings.pg_schema, send_command), runtime.ready)
     _register_startup(app, runtime)
     _register_web(app, runtime)
     return app, runtime

@@ -12,6 +12,7 @@ import logging
 import sys
 from collections.abc import Callable, Sequence
 from datetime import datetime
+from typing import Any
 
 from lendstream.settings import Settings, SettingsError, load_settings
 
@@ -56,11 +57,56 @@ def _parser() -> argparse.ArgumentParser:
 
     command("worker", _worker, "run a worker against the configured Kafka and PostgreSQL")
 
+    _dlq_commands(sub)
+
     loan = command("loan", _loan, "show a loan now, or as of a time")
     loan.add_argument("loan_id")
     loan.add_argument("--as-of", help="RFC 3339 timestamp, e.g. 2026-03-01T12:00:00Z")
     loan.add_argument("--json", action="store_true", help="print JSON")
     return parser
+
+
+def _dlq_commands(sub: Any) -> None:
+    dlq = sub.add_parser("dlq", help="dead letters: list, show, replay, discard")
+    actions = dlq.add_subparsers(dest="action", required=True)
+
+    def action(name: str, help: str) -> argparse.ArgumentParser:
+        p = actions.add_parser(name, help=help, description=help)
+        p.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
+        p.set_defaults(handler=_dlq)
+        return p
+
+    listing = action("list", "dead letters, newest first")
+    listing.add_argument(
+        "--status", choices=("parked", "released", "dead", "replayed", "discarded")
+    )
+    listing.add_argument("--topic")
+    listing.add_argument("--limit", type=int, default=50)
+    listing.add_argument("--json", action="store_true", help="print JSON")
+    show = action("show", "one dead letter, with value, headers, error and attempts")
+    show.add_argument("id")
+    show.add_argument("--json", action="store_true", help="print JSON")
+    replay = action("replay", "re-drive dead letters in their loan's order")
+    replay.add_argument("ids", nargs="*", metavar="ID")
+    replay.add_argument("--all", action="store_true", help="every dead letter with status dead")
+    replay.add_argument("--topic", help="with --all: only this topic")
+    replay.add_argument("--value-file", help="a corrected event (JSON) to apply instead")
+    replay.add_argument("--wait", type=float, default=15.0, help="seconds to wait for the result")
+    discard = action("discard", "close dead letters without applying them")
+    discard.add_argument("ids", nargs="+", metavar="ID")
+    discard.add_argument("--reason", required=True)
+    discard.add_argument("--wait", type=float, default=15.0, help="seconds to wait for the result")
+
+
+def _dlq(settings: Settings, args: argparse.Namespace) -> int:
+    from lendstream.dlq import DlqError
+    from lendstream.dlq_cli import run
+
+    try:
+        print(asyncio.run(run(settings, args)))
+    except DlqError as exc:
+        raise UserError(str(exc)) from None
+    return 0
 
 
 def _dev(settings: Settings, args: argparse.Namespace) -> int:

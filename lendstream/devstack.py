@@ -27,6 +27,7 @@ import asyncpg
 
 from lendstream.admin import ensure_topics
 from lendstream.embedded import Broker, Postgres, start_broker, start_postgres, stop_process
+from lendstream.kafka import DEV_BROKER_FILE
 from lendstream.pg import drop_schema
 from lendstream.producer import kafka_producer, produce_all
 from lendstream.settings import Settings
@@ -49,6 +50,7 @@ def run_dev(settings: Settings, simulate: bool, rate: float, seed: int) -> int:
         if settings.kafka is None:
             broker = start_broker(root / "logs")
             settings = settings.model_copy(update={"kafka": broker.url})
+            (root / DEV_BROKER_FILE).write_text(broker.url)
         if settings.pg_dsn is None:
             pg = start_postgres(root / "pg")
             settings = settings.model_copy(update={"pg_dsn": pg.dsn})
@@ -68,6 +70,7 @@ def run_dev(settings: Settings, simulate: bool, rate: float, seed: int) -> int:
             pg.stop()
         if broker is not None:
             _say("stopping broker")
+            (root / DEV_BROKER_FILE).unlink(missing_ok=True)
             broker.stop()
         _say("stopped")
 

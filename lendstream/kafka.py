@@ -13,11 +13,32 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Iterable, Mapping
+from pathlib import Path
 
 from aiokafka import AIOKafkaConsumer
 from aiokafka.structs import TopicPartition
 
 PROBE_TIMEOUT_SECONDS = 15.0
+#: Where `lendstream dev` leaves its embedded broker's URL for the other commands.
+DEV_BROKER_FILE = "broker.url"
+
+
+def resolve_bootstrap(kafka: str | None, data_dir: Path) -> list[str]:
+    """`host:port` items of `LENDSTREAM_KAFKA`, or of the running `lendstream dev` broker.
+
+    Raises `SettingsError` when neither is there.
+    """
+    from lendstream.settings import SettingsError
+
+    url = kafka
+    dev_file = data_dir.resolve() / DEV_BROKER_FILE
+    if url is None and dev_file.exists():
+        url = dev_file.read_text().strip()
+    if not url:
+        raise SettingsError(
+            "LENDSTREAM_KAFKA is not set and no `lendstream dev` broker is running here"
+        )
+    return [part.strip().removeprefix("kafka://") for part in url.split(",") if part.strip()]
 
 
 def _probe_consumer(bootstrap: str | list[str], max_partition_fetch_bytes: int) -> AIOKafkaConsumer:

@@ -28,6 +28,7 @@ from lendstream.projections.writer import stored_positions
 from lendstream.settings import Settings
 from lendstream.simulation import Produced
 
+WORKER = ("-m", "lendstream", "worker")
 WORKER_STOP_SECONDS = 20.0
 MAX_FAIL_STOPS = 5
 
@@ -40,6 +41,8 @@ class WorkerProcess:
     log_path: Path
     name: str = "w1"
     overrides: dict[str, Any] = field(default_factory=dict)
+    command: tuple[str, ...] = WORKER
+    settings: Settings | None = None
 
     @property
     def pid(self) -> int:
@@ -77,7 +80,11 @@ class Pipeline:
     fail_stops: int = 0
     ends: dict[tuple[str, int], int] = field(default_factory=dict)
 
-    def start_worker(self, name: str = "w1", **overrides: Any) -> WorkerProcess:
+    def start_worker(
+        self, name: str = "w1", command: tuple[str, ...] = WORKER, **overrides: Any
+    ) -> WorkerProcess:
+        """Start a worker process (`command`, by default `lendstream worker`) with its own data
+        dir and web port; `overrides` change its settings."""
         settings = self.settings.model_copy(
             update={"data_dir": self.root / name, "web_port": free_port(), **overrides}
         )
@@ -86,10 +93,10 @@ class Pipeline:
         env.update(worker_env(settings))
         with open(log_path, "ab") as out:
             proc = subprocess.Popen(
-                [sys.executable, "-m", "lendstream", "worker"],
+                [sys.executable, *command],
                 env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
             )  # fmt: skip
-        worker = WorkerProcess(proc, log_path, name, overrides)
+        worker = WorkerProcess(proc, log_path, name, overrides, command, settings)
         self.workers.append(worker)
         return worker
 
@@ -105,7 +112,7 @@ class Pipeline:
                 assert self.fail_stops <= MAX_FAIL_STOPS, (
                     f"worker keeps failing:\n{worker.log_tail()}"
                 )
-                self.workers[i] = self.start_worker(worker.name, **worker.overrides)
+                self.workers[i] = self.start_worker(worker.name, worker.command, **worker.overrides)
                 self.workers.pop()
             elif code not in (None, -signal.SIGKILL):
                 raise AssertionError(f"worker exited with {code}:\n{worker.log_tail()}")
@@ -118,10 +125,11 @@ class Pipeline:
         await ensure_topics(self.settings.bootstrap_servers, self.settings.partitions)
 
     async def produce(
-        self, items: Iterable[Produced | tuple[str, bytes | None, bytes | None]]
+        self, items: Iterable[Produced | tuple[str, bytes | None, bytes | None]], **options: Any
     ) -> None:
-        """Produce and remember the end offsets (to know when the worker caught up)."""
-        producer = kafka_producer(self.settings.bootstrap_servers)
+        """Produce and remember the end offsets (to know when the worker caught up);
+        `options` go to the producer (e.g. `max_request_size` for a large message)."""
+        producer = kafka_producer(self.settings.bootstrap_servers, **options)
         await producer.start()
         try:
             ends = await produce_all(producer, items)
@@ -164,3 +172,28 @@ class Pipeline:
             return [dict(r) for r in await conn.fetch(sql, *args)]
         finally:
             await conn.close()
+
+    async def wait_for(
+        self, sql: str, check: Any, timeout: float, what: str, *args: Any
+    ) -> list[dict[str, Any]]:
+        """Poll `sql` until `check(rows)` holds; fails naming `what` after `timeout` seconds."""
+        deadline = time.monotonic() + timeout
+        while True:
+            rows = await self.fetch(sql, *args)
+            if check(rows):
+                return rows
+            if time.monotonic() > deadline:
+                tails = "\n\n".join(w.log_tail() for w in self.workers)
+                raise AssertionError(f"{what} not reached after {timeout}s: {rows[:5]}\n{tails}")
+            self.supervise()
+            await asyncio.sleep(0.25)
+
+    def assert_no_crash(self) -> None:
+        """No worker restarted an agent, crashed, or stopped itself because of input."""
+        assert self.fail_stops == 0, "a worker stopped itself (fail-stop)"
+        for worker in self.workers:
+            text = worker.log_path.read_text(errors="replace")
+            for sign in ("Traceback", "crashed", "restarting"):
+                assert sign not in text, (
+                    f"{sign!r} in the log of {worker.name}:\n{worker.log_tail()}"
+                )
