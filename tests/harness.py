@@ -179,7 +179,10 @@ class Pipeline:
         """Poll `sql` until `check(rows)` holds; fails naming `what` after `timeout` seconds."""
         deadline = time.monotonic() + timeout
         while True:
-            rows = await self.fetch(sql, *args)
+            try:
+                rows = await self.fetch(sql, *args)
+            except asyncpg.UndefinedTableError:  # the worker has not migrated the schema yet
+                rows = []
             if check(rows):
                 return rows
             if time.monotonic() > deadline:

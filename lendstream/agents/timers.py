@@ -4,9 +4,9 @@ The due times live in PostgreSQL (`loan_timers`, written with each loan's state 
 transaction), so they survive crashes and rebalances. Every second, each worker looks up the
 due loans of the partitions it owns and sends each a `FireTimers` command on `loan-control`,
 addressed to the loan's partition; the loan processor then applies the timer in the loan's own
-order (`sequencing.fire_timers`). A command is not sent again for the same loan within
-`RESEND_SECONDS`, and a command that finds nothing due changes nothing, so duplicates (another
-worker after a rebalance, a restart) are harmless.
+order (`sequencing.fire_timers`). A command is not sent again for the same loan and due time
+within `RESEND_SECONDS`, and a command that finds nothing due changes nothing, so duplicates
+(another worker after a rebalance, a restart) are harmless.
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ class TimerSweep:
     writer: CheckpointedWriter[Any]
     schema: str
     send: Send
-    sent: dict[str, float] = field(default_factory=dict)
+    sent: dict[tuple[str, datetime], float] = field(default_factory=dict)
 
     async def run_once(self, partitions: Iterable[int]) -> int:
         """Send `FireTimers` to every due loan of `partitions`; returns how many were sent."""
@@ -60,11 +60,11 @@ class TimerSweep:
         self.sent = {k: t for k, t in self.sent.items() if clock - t < RESEND_SECONDS}
         count = 0
         for row in rows:
-            loan_id = row["loan_id"]
-            if loan_id in self.sent:
+            loan_id, timer = row["loan_id"], (row["loan_id"], row["due_at"])
+            if timer in self.sent:
                 continue
             await self.send(loan_id, row["partition"], command("FireTimers", loan_id, {}, now))
-            self.sent[loan_id] = clock
+            self.sent[timer] = clock
             count += 1
         return count
 

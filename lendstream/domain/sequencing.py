@@ -94,7 +94,8 @@ class Pending:
     error: str
     since: datetime
     needs: frozenset[str] = frozenset()
-    attempts: int = 1
+    attempts: int = 1  # how often it has been tried, whatever each attempt's failure
+    retries: int = 0  # consecutive transient failures (the backoff tier in use)
     retry_at: datetime | None = None  # a transient failure: when to try again
     replayed: bool = False  # an operator asked to replay it (applied -> status "replayed")
     parked_at: datetime | None = None  # when it first waited for a dependency (processing time)
@@ -251,9 +252,10 @@ def receive(
         )
     else:
         failed = _attempt(run, decoded, message.position, None, since)
-        if failed is not None:
+        if failed is None:
+            _drain(run)
+        else:
             _append(run, failed, message)
-        _drain(run)
     return run.keyed, run.outcomes
 
 
@@ -381,16 +383,19 @@ def _attempt(
         run.outcomes.append(Duplicate(event, position, queued))
         return None
     replayed = queued.replayed if queued else False
+    attempts = queued.attempts + 1 if queued else 1
     try:
         after = run.evolve(keyed.state, event)
     except DependencyMissing as exc:
         parked_at = queued.parked_at if queued and queued.parked_at else run.now
         return Pending(
             position, event, "parked", DEPENDENCY_MISSING, str(exc), since, exc.needs,
-            replayed=replayed, parked_at=parked_at,
+            attempts=attempts, replayed=replayed, parked_at=parked_at,
         )  # fmt: skip
     except LifecycleViolation as exc:
-        return Pending(position, event, "dead", "LifecycleViolation", str(exc), since)
+        return Pending(
+            position, event, "dead", "LifecycleViolation", str(exc), since, attempts=attempts
+        )
     except Transient as exc:
         return _transient(run, event, position, queued, since, str(exc))
     run.keyed = replace(keyed, state=after, applied=keyed.applied | {event.event_id})
@@ -403,13 +408,16 @@ def _transient(
     error: str,
 ) -> Pending:  # fmt: skip
     """A retrying item after one more failed attempt, or a dead one when none are left."""
-    attempts = queued.attempts + 1 if queued is not None and queued.retrying else 1
-    if attempts >= run.policy.max_attempts:
-        reason = f"gave up after {attempts} attempts: {error}"
-        return Pending(position, event, "dead", TRANSIENT, reason, since, attempts=attempts)
-    retry_at = run.now + timedelta(seconds=run.policy.backoff[attempts - 1])
+    attempts = queued.attempts + 1 if queued else 1
+    retries = queued.retries + 1 if queued is not None and queued.retrying else 1
+    if retries >= run.policy.max_attempts:
+        reason = f"gave up after {retries} attempts: {error}"
+        return Pending(
+            position, event, "dead", TRANSIENT, reason, since, attempts=attempts, retries=retries
+        )
+    retry_at = run.now + timedelta(seconds=run.policy.backoff[retries - 1])
     return Pending(
-        position, event, "parked", TRANSIENT, error, since, attempts=attempts,
+        position, event, "parked", TRANSIENT, error, since, attempts=attempts, retries=retries,
         retry_at=retry_at, replayed=queued.replayed if queued else False,
     )  # fmt: skip
 

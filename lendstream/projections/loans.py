@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
@@ -136,6 +136,7 @@ def _released_row(outcome: Applied[Loan] | Duplicate, now: datetime) -> tuple[An
     """The dead-letter row of a queued message that has now been applied (or was a duplicate)."""
     released = outcome.released
     assert released is not None
+    released = replace(released, attempts=released.attempts + 1)  # the one that succeeded
     if released.replayed:
         return dead_letter_row(released, "replayed", None, now, outcome.event)
     return dead_letter_row(released, "released", None, now)
@@ -269,7 +270,7 @@ def make_apply(schema: str) -> Any:
         "VALUES ($1,$2,$3,$4,$5,$6,$7,$8::jsonb,$9,$10,$11,$12,$13,$14,$15,$16) "
         "ON CONFLICT (id) DO UPDATE SET status = excluded.status, "
         "error_class = excluded.error_class, error = excluded.error, "
-        "attempts = greatest(d.attempts + 1, excluded.attempts), "
+        "attempts = greatest(d.attempts, excluded.attempts), "
         "last_attempt_at = excluded.last_attempt_at, next_attempt_at = excluded.next_attempt_at, "
         "replayed_value = coalesce(excluded.replayed_value, d.replayed_value) "
         "WHERE d.status IN ('parked', 'dead')"
@@ -369,6 +370,6 @@ def newer_states_sql(schema: str) -> str:
 def due_timers_sql(schema: str) -> str:
     """Loans of the given partitions ($1) whose timer is due at $2, oldest first, at most $3."""
     return (
-        f'SELECT loan_id, partition FROM "{schema}".loan_timers '
+        f'SELECT loan_id, partition, due_at FROM "{schema}".loan_timers '
         "WHERE partition = ANY($1::int[]) AND due_at <= $2 ORDER BY due_at LIMIT $3"
     )
