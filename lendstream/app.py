@@ -160,8 +160,10 @@ def _register_startup(app: faust.App, runtime: Runtime) -> None:
         delay = 0.5
         while runtime.pool is None:
             try:
+                # min_size=0: no connection floor for asyncpg to restore (with a stack trace in
+                # the log every few seconds) while PostgreSQL is away; the writers retry.
                 pool = await asyncpg.create_pool(
-                    settings.pg_dsn, min_size=1, max_size=settings.pg_pool_max
+                    settings.pg_dsn, min_size=0, max_size=settings.pg_pool_max
                 )
                 async with pool.acquire() as conn:
                     await migrate(conn, settings.pg_schema)

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import os
+import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -200,3 +202,35 @@ class Pipeline:
                 assert sign not in text, (
                     f"{sign!r} in the log of {worker.name}:\n{worker.log_tail()}"
                 )
+
+    async def wait_for_progress(self, timeout: float = 120) -> None:
+        """Wait until the stored positions move (the worker is processing) or it caught up."""
+        before = await self.positions()
+        deadline = time.monotonic() + timeout
+        while await self.positions() == before:
+            self.supervise()
+            if await self.caught_up():
+                return
+            assert time.monotonic() < deadline, "worker made no progress"
+            await asyncio.sleep(0.1)
+
+    async def crash_repeatedly(
+        self, rng: random.Random, kills: int, name: str = "w1", command: tuple[str, ...] = WORKER,
+        **overrides: Any,
+    ) -> int:  # fmt: skip
+        """SIGKILL the worker `kills` times at random moments while it works, restarting it each
+        time; every second restart comes up on a wiped data dir (a fresh machine: the table is
+        recovered from its changelog alone). Returns how many kills happened before it caught up."""
+        done = 0
+        self.start_worker(name, command, **overrides)
+        while done < kills:
+            await self.wait_for_progress()
+            if await self.caught_up():
+                break
+            await asyncio.sleep(rng.uniform(0.2, 2.0))
+            self.workers[-1].kill()
+            done += 1
+            if done % 2 == 0:
+                shutil.rmtree(self.root / name, ignore_errors=True)
+            self.start_worker(name, command, **overrides)
+        return done
