@@ -211,11 +211,11 @@ def handle(
     """One message of any of the key's inputs: an event (`receive`) or a control command."""
     decoded = message.decoded
     if isinstance(decoded, ReplayDeadLetter):
-        data = decoded.data
-        return replay(keyed, data.dead_letter_id, evolve, now, policy, data.value, decoded.key)
+        target, value = decoded.data.dead_letter_id, decoded.data.value
+        return replay(keyed, target, evolve, now, policy, value, decoded.key)
     if isinstance(decoded, DiscardDeadLetter):
-        data = decoded.data
-        return discard(keyed, data.dead_letter_id, data.reason, evolve, now, policy)
+        target, reason = decoded.data.dead_letter_id, decoded.data.reason
+        return discard(keyed, target, reason, evolve, now, policy)
     if isinstance(decoded, FireTimers):
         return fire_timers(keyed, evolve, now, policy)
     if isinstance(decoded, Invalid) and message.position.topic == CONTROL_TOPIC:
