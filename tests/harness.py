@@ -189,7 +189,7 @@ class Pipeline:
                 return rows
             if time.monotonic() > deadline:
                 tails = "\n\n".join(w.log_tail() for w in self.workers)
-                raise AssertionError(f"{what} not reached after {timeout}s: {rows[:5]}\n{tails}")
+                raise AssertionError(f"{what} not reached after {timeout}s: {rows[:8]}\n{tails}")
             self.supervise()
             await asyncio.sleep(0.25)
 

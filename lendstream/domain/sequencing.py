@@ -450,15 +450,18 @@ def _drain(run: _Run[S]) -> None:
         if _retry_at(run, 0):
             continue
         head = run.keyed.queue[0]
-        if head.status != "parked" or head.retrying:
+        if head.status != "parked" or head.retrying or not _apply_a_supplier(run, head):
             return
-        supplier = next(
-            (
-                i
-                for i, item in enumerate(run.keyed.queue[1:], 1)
-                if item.status == "parked" and item.event and item.event.type in head.needs
-            ),
-            None,
-        )
-        if supplier is None or not _retry_at(run, supplier):
-            return
+
+
+def _apply_a_supplier(run: _Run[S], head: Pending) -> bool:
+    """Apply the first queued event, in order, that supplies what `head` waits for and can be
+    applied now (a supplier may itself wait for another one further back)."""
+    index = 1
+    while index < len(run.keyed.queue):
+        item = run.keyed.queue[index]
+        supplies = item.status == "parked" and item.event and item.event.type in head.needs
+        if supplies and _retry_at(run, index):
+            return True
+        index += 1
+    return False

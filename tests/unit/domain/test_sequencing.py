@@ -635,3 +635,16 @@ def test_dead_outcome_carries_the_incoming_message() -> None:
 def test_make_builds_strict_events() -> None:
     event = make("LoanRejected", {"reason": "r"}, "L9", at(1), "id-1", correlation_id="c1")
     assert (event.key, event.event_id, event.correlation_id) == ("L9", "id-1", "c1")
+
+
+def test_a_supplier_that_cannot_apply_yet_does_not_stop_the_next_supplier() -> None:
+    """Found by the crash test: a repayment, the payout, the approval and then the application
+    of an unknown loan arrive in that order (three topics). The payout is the first supplier of
+    the parked repayment but needs the approval, which comes after it in the queue."""
+    f = Feed()
+    events = [applied(when=at(0)), approved(when=at(1)), paid_out(when=at(2)),
+              repayment(amount=1_000, when=at(3))]  # fmt: skip
+    arrival = [events[3], events[2], events[1], events[0]]
+    keyed, _ = feed(EMPTY, [f.message(e) for e in arrival])
+    assert keyed.queue == ()
+    assert keyed.state == fold(events)
