@@ -23,6 +23,7 @@ from lendstream.projections import loans as loan_projection
 from lendstream.projections.migrate import migrate
 from lendstream.projections.writer import CheckpointedWriter, stored_positions
 from lendstream.recovery import FixedRecovery
+from lendstream.security import faust_broker_credentials, kafka_client_options, postgres_dsn
 from lendstream.settings import Settings
 from lendstream.tables import loans as loans_table
 from lendstream.topics import LOAN_KEYED
@@ -45,6 +46,9 @@ class _ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
             consumer._client._bootstrap_servers,
             tps,
             {TopicPartition(tp.topic, tp.partition): v for tp, v in listed.items()},
+            client_options=faust_aiokafka.credentials_to_aiokafka_auth(
+                self.app.conf.broker_credentials
+            ),
         )
         return {tp: true_ends[TopicPartition(tp.topic, tp.partition)] for tp in partitions}
 
@@ -84,11 +88,13 @@ def create_app(settings: Settings, metrics: Metrics | None = None) -> tuple[faus
     app = LendstreamApp(
         APP_ID,
         broker=settings.kafka,
+        broker_credentials=faust_broker_credentials(settings),
         store="rocksdb://",
         datadir=str(datadir),
         topic_partitions=settings.partitions,
         topic_replication_factor=settings.replication_factor,
         topic_disable_leader=True,
+        topic_allow_declare=settings.create_topics,
         web_port=settings.web_port,
         web_host="127.0.0.1" if settings.web_port else "0.0.0.0",
         web_in_thread=False,
@@ -124,7 +130,10 @@ def create_app(settings: Settings, metrics: Metrics | None = None) -> tuple[faus
             writer.pool, settings.pg_schema, writer.projection
         ),
         first_offset_from=lambda topic, partition, offset: kafka.first_offset_from(
-            settings.bootstrap_servers, TopicPartition(topic, partition), offset
+            settings.bootstrap_servers,
+            TopicPartition(topic, partition),
+            offset,
+            client_options=kafka_client_options(settings),
         ),
     )
     processor = loan_agent.LoanProcessor(table, writer, guard, runtime.metrics, settings.pg_schema)
@@ -144,7 +153,7 @@ def _register_startup(app: faust.App, runtime: Runtime) -> None:
         while runtime.pool is None:
             try:
                 pool = await asyncpg.create_pool(
-                    settings.pg_dsn, min_size=1, max_size=settings.pg_pool_max
+                    postgres_dsn(settings), min_size=1, max_size=settings.pg_pool_max
                 )
                 async with pool.acquire() as conn:
                     await migrate(conn, settings.pg_schema)

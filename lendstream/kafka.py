@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Iterable, Mapping
+from typing import Any
 
 from aiokafka import AIOKafkaConsumer
 from aiokafka.structs import TopicPartition
@@ -20,8 +21,15 @@ from aiokafka.structs import TopicPartition
 PROBE_TIMEOUT_SECONDS = 15.0
 
 
-def _probe_consumer(bootstrap: str | list[str], max_partition_fetch_bytes: int) -> AIOKafkaConsumer:
-    """A group-less consumer for short look-ups (it never commits or joins a group)."""
+def _probe_consumer(
+    bootstrap: str | list[str],
+    max_partition_fetch_bytes: int,
+    client_options: Mapping[str, Any] | None,
+) -> AIOKafkaConsumer:
+    """A group-less consumer for short look-ups (it never commits or joins a group).
+
+    `client_options`: TLS/SASL arguments (`lendstream.security.kafka_client_options`).
+    """
     return AIOKafkaConsumer(
         bootstrap_servers=bootstrap,
         group_id=None,
@@ -30,6 +38,7 @@ def _probe_consumer(bootstrap: str | list[str], max_partition_fetch_bytes: int) 
         fetch_max_wait_ms=50,
         max_partition_fetch_bytes=max_partition_fetch_bytes,
         fetch_max_bytes=64 * 1024,
+        **(client_options or {}),
     )
 
 
@@ -38,6 +47,7 @@ async def high_watermarks(
     partitions: Iterable[TopicPartition],
     start: Mapping[TopicPartition, int] | None = None,
     timeout: float = PROBE_TIMEOUT_SECONDS,
+    client_options: Mapping[str, Any] | None = None,
 ) -> dict[TopicPartition, int]:
     """The true end offset (next offset to be written) of each partition.
 
@@ -48,7 +58,7 @@ async def high_watermarks(
     tps = list(dict.fromkeys(partitions))
     if not tps:
         return {}
-    consumer = _probe_consumer(bootstrap, max_partition_fetch_bytes=1024)
+    consumer = _probe_consumer(bootstrap, 1024, client_options)
     await consumer.start()
     try:
         consumer.assign(tps)
@@ -87,13 +97,14 @@ async def first_offset_from(
     tp: TopicPartition,
     offset: int,
     timeout: float = PROBE_TIMEOUT_SECONDS,
+    client_options: Mapping[str, Any] | None = None,
 ) -> int | None:
     """The offset of the first record at or after `offset` in `tp`, or None if there is none.
 
     Tells a real hole in a partition (records deleted by retention, transaction markers) from
     records that exist but were not delivered.
     """
-    consumer = _probe_consumer(bootstrap, max_partition_fetch_bytes=64 * 1024)
+    consumer = _probe_consumer(bootstrap, 64 * 1024, client_options)
     await consumer.start()
     try:
         consumer.assign([tp])
