@@ -111,6 +111,7 @@ class Settings(BaseSettings):
     worker_name: str = Field(default="", max_length=100)
 
     # Production topology and security (docs/operations.md). Unset: nothing changes.
+    web_host: str = Field(default="127.0.0.1", pattern=r"^[A-Za-z0-9_.:\-]+$")
     create_topics: bool = True
     min_insync_replicas: Annotated[int | None, BlankIsNone] = Field(default=None, ge=1, le=16)
     kafka_security_protocol: Annotated[KafkaSecurityProtocol, BeforeValidator(_kafka_protocol)] = (
