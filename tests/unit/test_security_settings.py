@@ -5,7 +5,6 @@ turns the settings into that library's arguments."""
 from __future__ import annotations
 
 import os
-import shutil
 import ssl
 import subprocess
 import sys
@@ -21,6 +20,7 @@ from lendstream.security import (
     postgres_dsn,
 )
 from lendstream.settings import Settings, SettingsError, load_settings
+from tests.pki import make_pki
 from tests.unit.test_settings import assert_one_line_naming
 
 
@@ -35,21 +35,13 @@ def clean_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
 
 @pytest.fixture(scope="module")
 def pki(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """A self-signed CA and a client certificate with its key, made by openssl."""
-    openssl = shutil.which("openssl")
-    if openssl is None:  # pragma: no cover - Debian images ship it; CI installs it if not
-        subprocess.run(["apt-get", "install", "-y", "-q", "openssl"], check=True)
-        openssl = "openssl"
-    root = tmp_path_factory.mktemp("pki")
-    ca, key = root / "ca.pem", root / "client.key"
-    subprocess.run(
-        [openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
-         "-subj", "/CN=lendstream-test", "-keyout", str(key), "-out", str(ca)],
-        check=True, capture_output=True,
-    )  # fmt: skip
-    garbage = root / "garbage.pem"
-    garbage.write_text("not a certificate\n")
-    return {"ca": ca, "cert": ca, "key": key, "garbage": garbage}
+    made = make_pki(tmp_path_factory.mktemp("pki"))
+    return {
+        "ca": made.ca,
+        "cert": made.server_cert,
+        "key": made.server_key,
+        "garbage": made.garbage,
+    }
 
 
 KAFKA_SECURITY_VARIABLES = [
