@@ -97,6 +97,7 @@ def create_app(settings: Settings, metrics: Metrics | None = None) -> tuple[faus
         topic_allow_declare=settings.create_topics,
         web_port=settings.web_port,
         web_host=settings.web_host,
+        web_tables_enabled=False,  # Faust's /table/<name>/<key> would serve loan state to anyone
         web_in_thread=False,
         broker_session_timeout=settings.kafka_session_timeout,
         broker_heartbeat_interval=settings.kafka_heartbeat_interval,

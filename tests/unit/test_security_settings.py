@@ -282,3 +282,15 @@ def test_postgres_tls_settings_become_libpq_parameters(
 def test_settings_stay_hashable_and_copyable() -> None:
     settings = Settings(_env_file=None, kafka_security_protocol="SSL")  # type: ignore[call-arg]
     assert hash(settings) == hash(settings.model_copy())
+
+
+def test_the_worker_port_does_not_serve_table_contents(tmp_path: Path) -> None:
+    """Workers listen on all interfaces in containers: Faust's /table view stays off."""
+    from lendstream.app import create_app
+
+    app, _ = create_app(
+        Settings(_env_file=None, kafka="kafka://127.0.0.1:9", pg_dsn="postgresql://x@h/x",  # type: ignore[call-arg]
+                 data_dir=tmp_path, web_host="0.0.0.0")
+    )  # fmt: skip
+    assert app.conf.web_tables_enabled is False
+    assert app.conf.web_host == "0.0.0.0"
