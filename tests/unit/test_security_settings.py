@@ -20,17 +20,12 @@ from lendstream.security import (
     postgres_dsn,
 )
 from lendstream.settings import Settings, SettingsError, load_settings
+from tests.offline_app import offline_app
 from tests.pki import make_pki
-from tests.unit.test_settings import assert_one_line_naming
-
-
-@pytest.fixture(autouse=True)
-def clean_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    """No `LENDSTREAM_*` variable and no `.env` file leak in from the machine running the tests."""
-    for name in list(os.environ):
-        if name.upper().startswith("LENDSTREAM_"):
-            monkeypatch.delenv(name)
-    monkeypatch.chdir(tmp_path)
+from tests.unit.test_settings import (  # the autouse fixture isolates from the machine's env
+    assert_one_line_naming,
+    clean_environment,  # noqa: F401
+)
 
 
 @pytest.fixture(scope="module")
@@ -286,11 +281,6 @@ def test_settings_stay_hashable_and_copyable() -> None:
 
 def test_the_worker_port_does_not_serve_table_contents(tmp_path: Path) -> None:
     """Workers listen on all interfaces in containers: Faust's /table view stays off."""
-    from lendstream.app import create_app
-
-    app, _ = create_app(
-        Settings(_env_file=None, kafka="kafka://127.0.0.1:9", pg_dsn="postgresql://x@h/x",  # type: ignore[call-arg]
-                 data_dir=tmp_path, web_host="0.0.0.0")
-    )  # fmt: skip
+    app = offline_app(tmp_path, web_host="0.0.0.0")
     assert app.conf.web_tables_enabled is False
     assert app.conf.web_host == "0.0.0.0"

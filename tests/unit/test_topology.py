@@ -20,6 +20,7 @@ from lendstream.topology import (
     min_insync_replicas,
     plan_changes,
 )
+from tests.offline_app import offline_app
 
 
 def settings(**values: object) -> Settings:
@@ -69,12 +70,7 @@ def test_min_insync_replicas(replication: int, explicit: int | None, expected: i
 def test_the_topology_covers_every_topic_the_worker_app_declares(tmp_path: Path) -> None:
     """A new table or source topic of the app must appear in `desired_topics` (else
     `topics apply` would not create it and production workers could not start)."""
-    from lendstream.app import create_app
-
-    app, _runtime = create_app(
-        settings(kafka="kafka://127.0.0.1:9", pg_dsn="postgresql://x@127.0.0.1:9/x",
-                 data_dir=tmp_path)
-    )  # fmt: skip
+    app = offline_app(tmp_path)
     declared = {table.changelog_topic.get_topic_name() for table in app.tables.values()}
     for agent in app.agents.values():
         declared |= set(agent.channel.topics)  # type: ignore[attr-defined]
