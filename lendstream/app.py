@@ -26,6 +26,7 @@ from lendstream.projections import loans as loan_projection
 from lendstream.projections.migrate import migrate
 from lendstream.projections.writer import CheckpointedWriter
 from lendstream.recovery import FixedRecovery
+from lendstream.security import faust_broker_credentials, kafka_client_options, postgres_dsn
 from lendstream.settings import Settings
 from lendstream.tables import loans as loans_table
 from lendstream.topics import DEAD_LETTERS_TOPIC, LOAN_CONTROL, LOAN_PROCESSOR_INPUTS
@@ -48,6 +49,9 @@ class _ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
             consumer._client._bootstrap_servers,
             tps,
             {TopicPartition(tp.topic, tp.partition): v for tp, v in listed.items()},
+            client_options=faust_aiokafka.credentials_to_aiokafka_auth(
+                self.app.conf.broker_credentials
+            ),
         )
         return {tp: true_ends[TopicPartition(tp.topic, tp.partition)] for tp in partitions}
 
@@ -93,13 +97,16 @@ def create_app(
     app = LendstreamApp(
         APP_ID,
         broker=settings.kafka,
+        broker_credentials=faust_broker_credentials(settings),
         store="rocksdb://",
         datadir=str(datadir),
         topic_partitions=settings.partitions,
         topic_replication_factor=settings.replication_factor,
         topic_disable_leader=True,
+        topic_allow_declare=settings.create_topics,
         web_port=settings.web_port,
-        web_host="127.0.0.1" if settings.web_port else "0.0.0.0",
+        web_host=settings.web_host,
+        web_tables_enabled=False,  # Faust's /table/<name>/<key> would serve loan state to anyone
         web_in_thread=False,
         broker_session_timeout=settings.kafka_session_timeout,
         broker_heartbeat_interval=settings.kafka_heartbeat_interval,
@@ -133,7 +140,10 @@ def create_app(
     guard = ContiguityGuard(
         stored_positions=writer.stored,
         first_offset_from=lambda topic, partition, offset: kafka.first_offset_from(
-            settings.bootstrap_servers, TopicPartition(topic, partition), offset
+            settings.bootstrap_servers,
+            TopicPartition(topic, partition),
+            offset,
+            client_options=kafka_client_options(settings),
         ),
     )
     policy = Policy(backoff=settings.retry_backoff, park_deadline=settings.park_deadline)
@@ -163,7 +173,7 @@ def _register_startup(app: faust.App, runtime: Runtime) -> None:
                 # min_size=0: no connection floor for asyncpg to restore (with a stack trace in
                 # the log every few seconds) while PostgreSQL is away; the writers retry.
                 pool = await asyncpg.create_pool(
-                    settings.pg_dsn, min_size=0, max_size=settings.pg_pool_max
+                    postgres_dsn(settings), min_size=0, max_size=settings.pg_pool_max
                 )
                 async with pool.acquire() as conn:
                     await migrate(conn, settings.pg_schema)

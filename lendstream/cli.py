@@ -15,6 +15,7 @@ from datetime import datetime
 from typing import Any
 
 from lendstream.settings import Settings, SettingsError, load_settings
+from lendstream.topology import TopologyError
 
 
 class UserError(Exception):
@@ -31,7 +32,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         settings = load_settings()
         return int(args.handler(settings, args) or 0)
-    except (SettingsError, UserError) as exc:
+    except (SettingsError, UserError, TopologyError) as exc:
         print(f"lendstream: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
@@ -58,6 +59,8 @@ def _parser() -> argparse.ArgumentParser:
     command("worker", _worker, "run a worker against the configured Kafka and PostgreSQL")
 
     _dlq_commands(sub)
+    topics = command("topics", _topics, "show (plan) or create (apply) lendstream's Kafka topics")
+    topics.add_argument("action", choices=["plan", "apply"])
 
     loan = command("loan", _loan, "show a loan now, or as of a time")
     loan.add_argument("loan_id")
@@ -120,6 +123,19 @@ def _worker(settings: Settings, args: argparse.Namespace) -> int:
 
     settings.require("kafka", "pg_dsn")
     return run_worker(settings)
+
+
+def _topics(settings: Settings, args: argparse.Namespace) -> int:
+    from lendstream.admin import apply_topics, plan_topics
+    from lendstream.topology import errors, format_plan
+
+    settings.require("kafka")
+    if args.action == "apply":
+        print(format_plan(asyncio.run(apply_topics(settings)), applied=True))
+        return 0
+    changes = asyncio.run(plan_topics(settings))
+    print(format_plan(changes))
+    return 1 if errors(changes) else 0
 
 
 def _loan(settings: Settings, args: argparse.Namespace) -> int:

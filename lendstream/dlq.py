@@ -20,7 +20,8 @@ from typing import Any
 import asyncpg
 import orjson
 
-from lendstream.producer import kafka_producer
+from lendstream.producer import settings_producer
+from lendstream.settings import Settings
 from lendstream.topics import BY_NAME, Invalid
 from lendstream.topics.control import TOPIC as CONTROL_TOPIC
 from lendstream.topics.control import command
@@ -139,9 +140,9 @@ def _request(letter: dict[str, Any], kind: str, data: dict[str, Any], now: datet
     return Request(letter["id"], key, letter["partition"], command(kind, key, data, now))
 
 
-async def send(bootstrap: list[str], requests: Sequence[Request]) -> None:
+async def send(settings: Settings, requests: Sequence[Request]) -> None:
     """Produce `requests` to `loan-control`, in order, each to its dead letter's partition."""
-    producer = kafka_producer(bootstrap)
+    producer = settings_producer(settings)
     await producer.start()
     try:
         for r in requests:

@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 import asyncpg
 
 from lendstream import dlq
-from lendstream.kafka import resolve_bootstrap
+from lendstream.kafka import with_broker
 from lendstream.pg import resolve_dsn
 from lendstream.settings import Settings
 
@@ -31,7 +31,7 @@ async def run(settings: Settings, args: argparse.Namespace) -> str:
             requests = dlq.replay_requests(letters, corrected, now)
         else:
             requests = dlq.discard_requests(letters, args.reason, now)
-        await dlq.send(resolve_bootstrap(settings.kafka, settings.data_dir), requests)
+        await dlq.send(with_broker(settings), requests)
         after = await dlq.wait_for(conn, schema, letters, args.wait) if args.wait > 0 else []
         return _outcome(args.action, letters, after)
     finally:

@@ -13,7 +13,10 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Iterable, Mapping
-from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from lendstream.settings import Settings
 
 from aiokafka import AIOKafkaConsumer
 from aiokafka.structs import TopicPartition
@@ -23,26 +26,32 @@ PROBE_TIMEOUT_SECONDS = 15.0
 DEV_BROKER_FILE = "broker.url"
 
 
-def resolve_bootstrap(kafka: str | None, data_dir: Path) -> list[str]:
-    """`host:port` items of `LENDSTREAM_KAFKA`, or of the running `lendstream dev` broker.
+def with_broker(settings: Settings) -> Settings:
+    """`settings`, naming the running `lendstream dev` broker when `LENDSTREAM_KAFKA` is unset.
 
-    Raises `SettingsError` when neither is there.
+    Raises `SettingsError` when there is neither.
     """
     from lendstream.settings import SettingsError
 
-    url = kafka
-    dev_file = data_dir.resolve() / DEV_BROKER_FILE
-    if url is None and dev_file.exists():
-        url = dev_file.read_text().strip()
-    if not url:
+    if settings.kafka:
+        return settings
+    dev_file = settings.data_dir.resolve() / DEV_BROKER_FILE
+    if not dev_file.exists():
         raise SettingsError(
             "LENDSTREAM_KAFKA is not set and no `lendstream dev` broker is running here"
         )
-    return [part.strip().removeprefix("kafka://") for part in url.split(",") if part.strip()]
+    return settings.model_copy(update={"kafka": dev_file.read_text().strip()})
 
 
-def _probe_consumer(bootstrap: str | list[str], max_partition_fetch_bytes: int) -> AIOKafkaConsumer:
-    """A group-less consumer for short look-ups (it never commits or joins a group)."""
+def _probe_consumer(
+    bootstrap: str | list[str],
+    max_partition_fetch_bytes: int,
+    client_options: Mapping[str, Any] | None,
+) -> AIOKafkaConsumer:
+    """A group-less consumer for short look-ups (it never commits or joins a group).
+
+    `client_options`: TLS/SASL arguments (`lendstream.security.kafka_client_options`).
+    """
     return AIOKafkaConsumer(
         bootstrap_servers=bootstrap,
         group_id=None,
@@ -51,6 +60,7 @@ def _probe_consumer(bootstrap: str | list[str], max_partition_fetch_bytes: int) 
         fetch_max_wait_ms=50,
         max_partition_fetch_bytes=max_partition_fetch_bytes,
         fetch_max_bytes=64 * 1024,
+        **(client_options or {}),
     )
 
 
@@ -59,6 +69,7 @@ async def high_watermarks(
     partitions: Iterable[TopicPartition],
     start: Mapping[TopicPartition, int] | None = None,
     timeout: float = PROBE_TIMEOUT_SECONDS,
+    client_options: Mapping[str, Any] | None = None,
 ) -> dict[TopicPartition, int]:
     """The true end offset (next offset to be written) of each partition.
 
@@ -69,7 +80,7 @@ async def high_watermarks(
     tps = list(dict.fromkeys(partitions))
     if not tps:
         return {}
-    consumer = _probe_consumer(bootstrap, max_partition_fetch_bytes=1024)
+    consumer = _probe_consumer(bootstrap, 1024, client_options)
     await consumer.start()
     try:
         consumer.assign(tps)
@@ -108,13 +119,14 @@ async def first_offset_from(
     tp: TopicPartition,
     offset: int,
     timeout: float = PROBE_TIMEOUT_SECONDS,
+    client_options: Mapping[str, Any] | None = None,
 ) -> int | None:
     """The offset of the first record at or after `offset` in `tp`, or None if there is none.
 
     Tells a real hole in a partition (records deleted by retention, transaction markers) from
     records that exist but were not delivered.
     """
-    consumer = _probe_consumer(bootstrap, max_partition_fetch_bytes=64 * 1024)
+    consumer = _probe_consumer(bootstrap, 64 * 1024, client_options)
     await consumer.start()
     try:
         consumer.assign([tp])

@@ -14,9 +14,9 @@ from lendstream.settings import Settings
 
 
 def run_worker(settings: Settings, fold: Evolve[Loan] = evolve) -> int:
-    """Create the topics if missing, then run until SIGTERM/SIGINT (Faust stops cleanly)."""
-    asyncio.run(ensure_topics(settings.bootstrap_servers, settings.partitions,
-                              settings.replication_factor))  # fmt: skip
+    """Create (or, with `LENDSTREAM_CREATE_TOPICS=false`, check) the topics, then run until
+    SIGTERM/SIGINT (Faust stops cleanly). `TopologyError` when the topics do not fit."""
+    asyncio.run(ensure_topics(settings))
     app, _runtime = create_app(settings, evolve=fold)
     worker = faust.Worker(app, loglevel="INFO", quiet=True)
     worker.execute_from_commandline()

@@ -124,7 +124,7 @@ class Pipeline:
             worker.stop()
 
     async def create_topics(self) -> None:
-        await ensure_topics(self.settings.bootstrap_servers, self.settings.partitions)
+        await ensure_topics(self.settings)
 
     async def produce(
         self, items: Iterable[Produced | tuple[str, bytes | None, bytes | None]], **options: Any
