@@ -19,6 +19,7 @@ from typing import Any
 
 import asyncpg
 from aiokafka import AIOKafkaConsumer
+from aiokafka.partitioner import murmur2
 from aiokafka.structs import ConsumerRecord, TopicPartition
 
 from lendstream.admin import ensure_topics
@@ -194,3 +195,8 @@ async def read_topics(
     finally:
         await consumer.stop()
     return sorted(records, key=lambda r: (r.topic, r.partition, r.offset))
+
+
+def partition_of(key: bytes, partitions: int) -> int:
+    """The partition the Java client (and librdkafka's murmur2_random) picks for a key."""
+    return (murmur2(key) & 0x7FFFFFFF) % partitions

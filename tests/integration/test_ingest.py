@@ -14,11 +14,10 @@ from typing import Any
 import aiohttp
 import orjson
 import pytest
-from aiokafka.partitioner import murmur2
 
 from lendstream.embedded import free_port
 from lendstream.ingest import MAX_BODY_BYTES, MAX_ITEMS
-from tests.harness import Pipeline, WorkerProcess, read_topics
+from tests.harness import Pipeline, WorkerProcess, partition_of, read_topics
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 
@@ -88,11 +87,6 @@ async def wait_ready(session: aiohttp.ClientSession, base: str, worker: WorkerPr
             pass
         assert time.monotonic() < deadline, f"worker not ready:\n{worker.log_tail()}"
         await asyncio.sleep(0.25)
-
-
-def partition_of(key: bytes, partitions: int) -> int:
-    """The Java client's (and librdkafka murmur2_random's) partition for a key."""
-    return (murmur2(key) & 0x7FFFFFFF) % partitions
 
 
 async def test_ingest_answers_and_exactly_the_valid_first_seen_events_reach_kafka(
