@@ -75,6 +75,11 @@ def _example(kind: str, loan_id: str | None, data: dict[str, Any], version: int 
 _L, _P, _PAYOUT = "L-20260131-0001", "P-acme", "payout:L-20260131-0001"
 _example("LoanApplied", _L, {"customer_id": "C-0042", "partner_id": _P, "amount_cents": 500_000,
                              "currency": "EUR", "term_months": 12})  # fmt: skip
+# schema_version 2 of LoanApplied (amount_cents renamed requested_amount_cents; see
+# PROPOSED-upcast.patch): used once the code knows that version.
+_example("LoanApplied", _L, {"customer_id": "C-0042", "partner_id": _P,
+                             "requested_amount_cents": 500_000, "currency": "EUR",
+                             "term_months": 12}, version=2)  # fmt: skip
 _example("LoanApproved", _L, {"approved_amount_cents": 450_000, "interest_rate_bps": 750})
 _example("LoanRejected", _L, {"reason": "affordability check failed"})
 _example("LoanCanceled", _L, {"reason": "customer withdrew"})
