@@ -15,7 +15,7 @@ from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.web import Request, Response, View
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from lendstream import kafka
+from lendstream import analysts, ingest, kafka
 from lendstream.agents import loans as loan_agent
 from lendstream.agents import timers
 from lendstream.agents.contiguity import ContiguityGuard
@@ -160,6 +160,8 @@ def create_app(
     timers.register(app, timers.TimerSweep(writer, settings.pg_schema, send_command), runtime.ready)
     _register_startup(app, runtime)
     _register_web(app, runtime)
+    ingest.register(app, runtime)
+    analysts.register(app, runtime)
     return app, runtime
 
 

@@ -66,6 +66,12 @@ def _parser() -> argparse.ArgumentParser:
     loan.add_argument("loan_id")
     loan.add_argument("--as-of", help="RFC 3339 timestamp, e.g. 2026-03-01T12:00:00Z")
     loan.add_argument("--json", action="store_true", help="print JSON")
+
+    schema = command("schema", _schema, "event schemas as artefacts (JSON Schema, AsyncAPI)")
+    schema_sub = schema.add_subparsers(dest="schema_command", required=True)
+    export = schema_sub.add_parser("export", help="write a JSON Schema per event type and "
+                                   "version, and an AsyncAPI 3.0 document of all topics")  # fmt: skip
+    export.add_argument("--out", default="docs/schemas", help="folder (default docs/schemas)")
     return parser
 
 
@@ -147,6 +153,22 @@ def _loan(settings: Settings, args: argparse.Namespace) -> int:
         when = f" as of {args.as_of}" if as_of else ""
         raise UserError(f"loan {args.loan_id!r} not found{when}")
     print(format_loan(row, as_json=args.json))
+    return 0
+
+
+def _schema(settings: Settings, args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from lendstream.schemas import export
+
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {args.out!r} is a file, not a folder")
+    try:
+        written = export(out)
+    except OSError as exc:
+        raise UserError(f"cannot write to {args.out!r}: {exc.strerror or exc}") from None
+    print(f"wrote {len(written)} files to {out}")
     return 0
 
 

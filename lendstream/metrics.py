@@ -76,3 +76,15 @@ class Metrics:
             ["projection"],
             registry=r,
         )
+        self.ingest_requests = Counter(
+            PREFIX + "ingest_requests",
+            "HTTP ingest requests by topic (or 'unknown') and answer status",
+            ["topic", "status"],
+            registry=r,
+        )
+        self.ingest_events = Counter(
+            PREFIX + "ingest_events",
+            "Events in HTTP ingest requests, by outcome (produced, duplicate, invalid)",
+            ["topic", "outcome"],
+            registry=r,
+        )

@@ -109,6 +109,14 @@ class Settings(BaseSettings):
     kafka_heartbeat_interval: Duration = 1.0
     pg_pool_max: int = Field(default=4, ge=1, le=100)
     worker_name: str = Field(default="", max_length=100)
+    # Not SecretStr: `devstack.worker_env` hands settings to child processes by value.
+    ingest_token: str | None = Field(default=None, repr=False, description="ingest bearer token")
+    reader_password: str | None = Field(default=None, repr=False, description="analysts' password")
+
+    @field_validator("ingest_token", "reader_password")
+    @classmethod
+    def _empty_is_unset(cls, value: str | None) -> str | None:
+        return value or None
 
     # Production topology and security (docs/operations.md). Unset: nothing changes.
     web_host: str = Field(default="127.0.0.1", pattern=r"^[A-Za-z0-9_.:\-]+$")

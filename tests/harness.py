@@ -20,11 +20,15 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
+from aiokafka import AIOKafkaConsumer
+from aiokafka.partitioner import murmur2
+from aiokafka.structs import ConsumerRecord, TopicPartition
 
 from lendstream.admin import ensure_topics
 from lendstream.agents.batch import FAIL_STOP_EXIT_CODE
 from lendstream.devstack import worker_env
 from lendstream.embedded import free_port, stop_process
+from lendstream.kafka import high_watermarks
 from lendstream.producer import kafka_producer, produce_all
 from lendstream.projections.writer import stored_positions
 from lendstream.settings import Settings
@@ -234,3 +238,35 @@ class Pipeline:
                 shutil.rmtree(self.root / name, ignore_errors=True)
             self.start_worker(name, command, **overrides)
         return done
+
+
+async def read_topics(
+    bootstrap: list[str], topics: Iterable[str], partitions: int, timeout: float = 60.0
+) -> list[ConsumerRecord[bytes, bytes]]:
+    """Every record now in `topics`, read with a real (group-less) consumer up to each
+    partition's high watermark; sorted by topic, partition and offset."""
+    tps = [TopicPartition(t, p) for t in topics for p in range(partitions)]
+    ends = await high_watermarks(bootstrap, tps)
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False,
+        auto_offset_reset="earliest",
+    )  # fmt: skip
+    await consumer.start()
+    records: list[ConsumerRecord[bytes, bytes]] = []
+    try:
+        consumer.assign(tps)
+        deadline = time.monotonic() + timeout
+        while [tp for tp in tps if await consumer.position(tp) < ends[tp]]:
+            assert time.monotonic() < deadline, "could not read the topics to their ends"
+            for batch in (await consumer.getmany(timeout_ms=200)).values():
+                records.extend(
+                    r for r in batch if r.offset < ends[TopicPartition(r.topic, r.partition)]
+                )
+    finally:
+        await consumer.stop()
+    return sorted(records, key=lambda r: (r.topic, r.partition, r.offset))
+
+
+def partition_of(key: bytes, partitions: int) -> int:
+    """The partition the Java client (and librdkafka's murmur2_random) picks for a key."""
+    return (murmur2(key) & 0x7FFFFFFF) % partitions
