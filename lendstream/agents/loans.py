@@ -153,8 +153,11 @@ def register(app: faust.App, topic: faust.TopicT, processor: LoanProcessor, batc
 
     @app.agent(topic, name="loan-processor")
     async def loan_processor(stream: StreamT) -> None:
-        await ready.wait()  # type: ignore[attr-defined]
+        # Iterate the stream at once, and wait for PostgreSQL inside the loop: a stream first
+        # iterated later adds its topics to the subscription late, which makes Faust resubscribe
+        # and the group rebalance in the middle of processing.
         async for events in stream.take_events(batch_max, within=batch_within):
+            await ready.wait()  # type: ignore[attr-defined]
             try:
                 await processor.process(list(events))
             except Exception:
