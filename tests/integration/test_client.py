@@ -9,6 +9,7 @@ import pytest
 from lendstream.admin import ensure_topics
 from lendstream.client import InvalidEvent, Publisher, envelope
 from lendstream.embedded import Broker
+from lendstream.settings import Settings
 from lendstream.topics import BY_NAME, Event
 from tests.harness import partition_of, read_topics
 
@@ -19,7 +20,7 @@ APPLIED = {"customer_id": "C1", "partner_id": "P1", "amount_cents": 120_000, "cu
 
 
 async def test_published_events_reach_the_topics_as_the_codec_reads_them(broker: Broker) -> None:
-    await ensure_topics(broker.bootstrap, 8)
+    await ensure_topics(Settings(kafka=broker.url, partitions=8, _env_file=None))  # type: ignore[call-arg]
     async with Publisher(broker.url) as publisher:
         sent = [
             await publisher.publish("loan-events", "LoanApplied", APPLIED, loan_id=f"L{n}")

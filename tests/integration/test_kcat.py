@@ -22,6 +22,7 @@ import pytest
 
 from lendstream.admin import ensure_topics
 from lendstream.embedded import Broker
+from lendstream.settings import Settings
 from lendstream.topics import LOAN_EVENTS, Event
 from tests.harness import partition_of, read_topics
 
@@ -99,7 +100,7 @@ async def test_the_kcat_recipe_partitions_like_lendstream(
     broker: Broker, kcat_env: tuple[str, dict[str, str]]
 ) -> None:
     kcat, env = kcat_env
-    await ensure_topics(broker.bootstrap, 8)
+    await ensure_topics(Settings(kafka=broker.url, partitions=8, _env_file=None))  # type: ignore[call-arg]
     kcat_produce(kcat, env, broker, lines_for("L-recipe", 40), RECIPE_FLAGS)
     kcat_produce(kcat, env, broker, lines_for("L-default", 40), ["-K", "|"])
 
