@@ -138,8 +138,13 @@ class Keyed(Generic[S]):
     seq: int = 0
 
     def next_due(self, policy: Policy) -> datetime | None:
-        """When `fire_timers` has something to do for this key (None: nothing, ever)."""
-        return self.queue[0].due_at(policy) if self.queue else None
+        """When `fire_timers` has something to do for this key (None: nothing, ever): the
+        head's retry or park deadline, or the retry of a supplier queued behind it."""
+        if not self.queue:
+            return None
+        times = [self.queue[0].due_at(policy)]
+        times += [p.retry_at for p in self.queue[1:] if p.retrying]
+        return min((t for t in times if t is not None), default=None)
 
 
 # -- outcomes ------------------------------------------------------------------------------
@@ -328,22 +333,23 @@ def discard(
 def fire_timers(
     keyed: Keyed[S], evolve: Evolve[S], now: datetime, policy: Policy = DEFAULT_POLICY
 ) -> tuple[Keyed[S], list[Outcome[S]]]:
-    """What time does to the head: a retry that is due is made; a head that waited for a
-    missing dependency for longer than the park deadline becomes dead. Early or repeated
-    calls change nothing."""
+    """What time does to the queue: a head that waited for a missing dependency for longer
+    than the park deadline becomes dead; otherwise the retries that are due (of the head, or of
+    a supplier queued behind it) are made. Early or repeated calls change nothing."""
     due = keyed.next_due(policy)
     if due is None or due > now:
         return keyed, []
     run = _Run(keyed, evolve, now, policy)
     head = keyed.queue[0]
-    if head.retrying:
-        _drain(run)
-    else:
+    deadline = None if head.retrying else head.due_at(policy)
+    if deadline is not None and deadline <= now:
         waited = f"parked for more than {policy.park_deadline:g}s"
         expired = replace(
             head, status="dead", error_class="ParkDeadline", error=f"{waited}: {head.error}"
         )
         _replace_at(run, 0, expired)
+    else:
+        _drain(run)
     return run.keyed, run.outcomes
 
 
@@ -444,14 +450,18 @@ def _drain(run: _Run[S]) -> None:
     whose transient retry is not due yet is left alone.
     """
     while run.keyed.queue and run.keyed.queue[0].status == "parked":
-        head = run.keyed.queue[0]
-        if head.retrying and head.retry_at is not None and head.retry_at > run.now:
+        if not _due(run, run.keyed.queue[0]):
             return
         if _retry_at(run, 0):
             continue
         head = run.keyed.queue[0]
         if head.status != "parked" or head.retrying or not _apply_a_supplier(run, head):
             return
+
+
+def _due(run: _Run[S], item: Pending) -> bool:
+    """Whether `item` may be tried now (a transient retry waits for its time)."""
+    return not (item.retrying and item.retry_at is not None and item.retry_at > run.now)
 
 
 def _apply_a_supplier(run: _Run[S], head: Pending) -> bool:
@@ -461,7 +471,7 @@ def _apply_a_supplier(run: _Run[S], head: Pending) -> bool:
     while index < len(run.keyed.queue):
         item = run.keyed.queue[index]
         supplies = item.status == "parked" and item.event and item.event.type in head.needs
-        if supplies and _retry_at(run, index):
+        if supplies and _due(run, item) and _retry_at(run, index):
             return True
         index += 1
     return False

@@ -279,3 +279,25 @@ def test_a_malformed_command_is_dead_but_blocks_nothing() -> None:
     assert after == keyed
     assert [type(o) for o in outcomes] == [Dead]
     assert outcomes[0].pending.position == Position(CONTROL, 0, 0)  # type: ignore[union-attr]
+
+
+def test_a_supplier_that_fails_transiently_is_retried_by_the_timers() -> None:
+    """Found by the crash test: the approval a parked repayment waits for fails transiently and
+    queues behind it; its retry must come from the timers, not from the head's deadline."""
+    f = Feed()
+    keyed, _ = feed(EMPTY, [f.message(applied(when=at(0)))])
+    keyed, _ = receive(keyed, f.message(repayment(amount=1_000, when=at(3))), evolve, NOW, POLICY)
+    approval = approved(when=at(1))
+    flaky = FlakyEvolve(evolve, {approval.event_id: 1})
+    keyed, _ = receive(keyed, f.message(approval), flaky, NOW, POLICY)
+    assert [(p.error_class, p.retrying) for p in keyed.queue] == [
+        ("DependencyMissing", False), ("Transient", True),
+    ]  # fmt: skip
+    assert keyed.next_due(POLICY) == NOW + seconds(1)
+
+    early, nothing = fire_timers(keyed, flaky, NOW + seconds(0.5), POLICY)
+    assert (early, nothing) == (keyed, [])
+    keyed, outcomes = fire_timers(keyed, flaky, NOW + seconds(1), POLICY)
+    assert any(isinstance(o, Applied) and o.event == approval for o in outcomes)
+    assert keyed.state is not None and keyed.state.status == S.APPROVED
+    assert [p.error_class for p in keyed.queue] == ["DependencyMissing"]
