@@ -54,6 +54,7 @@ import asyncpg
 import orjson
 from aiokafka.structs import RecordMetadata
 
+from lendstream.security import postgres_dsn
 from lendstream.topics import UPSTREAM, Event, Invalid, TopicSpec
 
 if TYPE_CHECKING:
@@ -362,8 +363,8 @@ def register(app: faust.App, runtime: Runtime) -> Ingest:
         await runtime.ready.wait()  # the schema is migrated
         while ingest.pool is None:
             try:
-                ingest.pool = await asyncpg.create_pool(
-                    settings.pg_dsn, min_size=1, max_size=POOL_MAX
+                ingest.pool = await asyncpg.create_pool(  # no floor: see app.connect_postgres
+                    postgres_dsn(settings), min_size=0, max_size=POOL_MAX
                 )
             except (OSError, asyncpg.PostgresError) as exc:
                 log.warning("ingest: PostgreSQL unavailable (%s); retrying", exc)

@@ -19,7 +19,7 @@ import pytest
 from tests.harness import Pipeline
 from tests.poison import early_events
 from tests.traffic import Traffic, build
-from tests.verify import assert_read_models_match
+from tests.verify import assert_read_models_match, explain_queue
 
 pytestmark = [pytest.mark.chaos, pytest.mark.timeout(900)]
 FAULT_WORKER = ("-m", "tests.fault_worker")
@@ -51,12 +51,20 @@ async def test_sigkill_while_retrying_and_parked_loses_repeats_and_reorders_noth
     )
     assert kills == KILLS, f"the worker finished after only {kills} kills"
     await pipeline.wait_caught_up(timeout=600)
-    await pipeline.wait_for(
-        "SELECT id, key, status, error_class, error, attempts FROM dead_letters "
-        "WHERE status <> 'released' ORDER BY key, topic, \"offset\"",
-        lambda rows: rows == [], 120,
-        "every retrying and parked event released",
-    )  # fmt: skip
+    try:
+        await pipeline.wait_for(
+            "SELECT id, key, status, error_class, error, attempts FROM dead_letters "
+            "WHERE status <> 'released' ORDER BY key, topic, \"offset\"",
+            lambda rows: rows == [], 120,
+            "every retrying and parked event released",
+        )  # fmt: skip
+    except AssertionError as failure:
+        stuck = await pipeline.fetch(
+            "SELECT DISTINCT key FROM dead_letters WHERE status <> 'released'"
+        )
+        raise AssertionError(
+            f"{failure}\n{await explain_queue(pipeline, stuck[0]['key'])}"
+        ) from None
 
     lifecycles = traffic.lifecycles + early  # type: ignore[operator]
     await assert_read_models_match(pipeline, Traffic(lifecycles, [], traffic.duplicates, []))
