@@ -249,7 +249,7 @@ def receive(
         _append(run, dead, message)
     elif decoded.event_id in run.keyed.applied:
         run.outcomes.append(Duplicate(decoded, message.position))
-    elif run.keyed.queue and not _supplies(run.keyed.queue[0], decoded):
+    elif run.keyed.queue and not _may_jump(run.keyed.queue, decoded):
         head = run.keyed.queue[0]
         reason = f"waiting behind {head.id} ({head.status})"
         _append(
@@ -371,6 +371,12 @@ def _supplies(head: Pending, event: Event) -> bool:
     return head.status == "parked" and event.type in head.needs
 
 
+def _may_jump(queue: tuple[Pending, ...], event: Event) -> bool:
+    """Whether `event` may be applied ahead of the queue: it supplies what the head waits for,
+    and no earlier supplier is waiting for a transient retry (suppliers keep their order)."""
+    return _supplies(queue[0], event) and not any(p.retrying for p in queue[1:])
+
+
 def _append(run: _Run[S], pending: Pending, message: Message | None) -> None:
     run.set_queue((*run.keyed.queue, pending))
     run.record(pending, message)
@@ -466,12 +472,17 @@ def _due(run: _Run[S], item: Pending) -> bool:
 
 def _apply_a_supplier(run: _Run[S], head: Pending) -> bool:
     """Apply the first queued event, in order, that supplies what `head` waits for and can be
-    applied now (a supplier may itself wait for another one further back)."""
+    applied now (a supplier may itself wait for another one further back). A supplier that is
+    waiting for a transient retry stops the search: a later one must not overtake it."""
     index = 1
     while index < len(run.keyed.queue):
         item = run.keyed.queue[index]
-        supplies = item.status == "parked" and item.event and item.event.type in head.needs
-        if supplies and _due(run, item) and _retry_at(run, index):
-            return True
+        if item.status == "parked" and item.event and item.event.type in head.needs:
+            if not _due(run, item):
+                return False  # it keeps its place before later suppliers
+            if _retry_at(run, index):
+                return True
+            if run.keyed.queue[index].retrying:
+                return False
         index += 1
     return False

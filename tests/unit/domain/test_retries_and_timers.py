@@ -301,3 +301,23 @@ def test_a_supplier_that_fails_transiently_is_retried_by_the_timers() -> None:
     assert any(isinstance(o, Applied) and o.event == approval for o in outcomes)
     assert keyed.state is not None and keyed.state.status == S.APPROVED
     assert [p.error_class for p in keyed.queue] == ["DependencyMissing"]
+
+
+def test_a_later_supplier_does_not_overtake_one_that_is_retrying() -> None:
+    """Found by the crash test: a repayment waits for the payout; PayoutRequested fails
+    transiently, then LoanPaidOut arrives. LoanPaidOut must wait for PayoutRequested, or the
+    loan would be paid out before the payout was requested (and the request then be dead)."""
+    f = Feed()
+    keyed = approved_keyed(f)
+    keyed, _ = receive(keyed, f.message(repayment(amount=1_000, when=at(4))), evolve, NOW, POLICY)
+    pr, lpo = payout_requested(when=at(2)), paid_out(when=at(3))
+    flaky = FlakyEvolve(evolve, {pr.event_id: 1})
+    keyed, _ = receive(keyed, f.message(pr), flaky, NOW, POLICY)
+    keyed, outcomes = receive(keyed, f.message(lpo), flaky, NOW, POLICY)
+    assert [o.pending.error_class for o in outcomes] == ["Sequenced"]  # type: ignore[union-attr]
+
+    keyed, outcomes = fire_timers(keyed, flaky, NOW + seconds(1), POLICY)
+    applied_types = [o.event.type for o in outcomes if isinstance(o, Applied)]
+    assert applied_types == ["PayoutRequested", "LoanPaidOut", "RepaymentReceived"]
+    assert keyed.queue == ()
+    assert keyed.state is not None and keyed.state.status == S.REPAYING
