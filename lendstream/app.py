@@ -82,7 +82,7 @@ def create_app(settings: Settings, metrics: Metrics | None = None) -> tuple[faus
     datadir = (settings.data_dir / "worker").resolve()
     datadir.mkdir(parents=True, exist_ok=True)
     app = LendstreamApp(
-        APP_ID,
+        settings.app_id,
         broker=settings.kafka,
         store="rocksdb://",
         datadir=str(datadir),

@@ -84,6 +84,11 @@ class Settings(BaseSettings):
     kafka_heartbeat_interval: Duration = 1.0
     pg_pool_max: int = Field(default=4, ge=1, le=100)
     worker_name: str = Field(default="", max_length=100)
+    app_id: str = Field(
+        default="lendstream",
+        pattern=r"^[a-z][a-z0-9_.-]{0,62}$",
+        description="Faust app id: the consumer group and the prefix of the changelog topics",
+    )
 
     @field_validator("kafka")
     @classmethod
