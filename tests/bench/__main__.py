@@ -29,8 +29,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     with embedded_stack() as (broker, pg):
         root = broker.log_path.parent.parent
+        services = {"broker": broker.proc.pid, "postgres": pg.pid}
         results = asyncio.run(
-            run_benchmark(options, broker.url, pg.dsn, root, _say, partitions=args.partitions)
+            run_benchmark(
+                options, broker.url, pg.dsn, root, _say, args.partitions, service_pids=services
+            )
         )
     results.environment["load_average_at_end"] = os.getloadavg()
     _write(out, results)

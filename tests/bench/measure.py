@@ -10,7 +10,8 @@ worker processes), all in one run over one backlog:
 (e) re-processing of the retained topics from offset 0 into a fresh schema (a new consumer group
     and data dir) — what a projection rebuild would cost; there is no rebuild command yet;
 (f) peak RSS of the workers (`VmHWM`);
-(g) scale-out: two workers sharing the partitions, catch-up compared with one.
+(g) scale-out: two workers sharing the partitions, catch-up compared with one;
+(h) the Faust floor: a worker whose `take_events` agent does nothing (`floor.py`).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import asyncio
 import bisect
 import contextlib
 import importlib.metadata
+import json
 import logging
 import math
 import os
@@ -26,6 +28,7 @@ import platform
 import re
 import shutil
 import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import asdict, dataclass, field
@@ -35,11 +38,13 @@ from typing import Any
 
 import aiohttp
 import asyncpg
+import psutil
 from aiokafka import AIOKafkaConsumer
 from aiokafka.structs import TopicPartition
 from prometheus_client.parser import text_string_to_metric_families
 
-from lendstream.embedded import free_port
+from lendstream.devstack import worker_env
+from lendstream.embedded import free_port, stop_process
 from lendstream.kafka import high_watermarks
 from lendstream.projections.writer import stored_positions
 from lendstream.settings import Settings
@@ -55,6 +60,7 @@ POLL_SECONDS = 0.1
 WATCH_SECONDS = 0.02
 RESTORE_STARTED = "Restoring state from changelog topics"
 RESTORE_DONE = "Done reading from changelog topics"
+REPO = Path(__file__).resolve().parents[2]
 _LOG_TIME = re.compile(r"^\[(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3})\]")
 Ends = dict[tuple[str, int], int]
 
@@ -83,6 +89,10 @@ class CatchUp:
     peak_rss_mb: list[float] = field(default_factory=list)
     startup_rss_mb: list[float] = field(default_factory=list)
     fail_stops: int = 0
+    #: CPU seconds used after start-up, per event (µs): "workers" (together), and the broker
+    #: and PostgreSQL when their pids are known. Less sensitive to a shared machine's load than
+    #: the rates.
+    cpu_us_per_event: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass
@@ -120,6 +130,8 @@ class Results:
     startup_rss_mb: float = 0.0  # the worker's RSS when its first batch was committed
     loans: int = 0
     scale_out: CatchUp | None = None
+    floor: dict[str, Any] = field(default_factory=dict)
+    floor_batched: dict[str, Any] = field(default_factory=dict)
     profile: dict[str, Any] | None = None
 
     def as_json(self) -> dict[str, Any]:
@@ -129,7 +141,14 @@ class Results:
 class Bench:
     """One benchmark run on a pipeline whose broker and PostgreSQL are already running."""
 
-    def __init__(self, pipeline: Pipeline, options: Options, say: Callable[[str], None]) -> None:
+    def __init__(
+        self,
+        pipeline: Pipeline,
+        options: Options,
+        say: Callable[[str], None],
+        service_pids: dict[str, int] | None = None,
+    ) -> None:
+        self.service_pids = service_pids or {}
         self.pipe = pipeline
         self.options = options
         self.say = say
@@ -186,6 +205,13 @@ class Bench:
         fresh = self.fresh_pipeline("scale")
         results.scale_out, _ = await self.catch_up(fresh, ["s1", "s2"])
         self.say(f"    {results.scale_out.rate:,.0f} events/s")
+
+        self.say("(h) Faust floor: a take_events agent that does nothing")
+        results.floor = await self.floor("floor")
+        self.say(f"    {results.floor['rate']:,.0f} events/s")
+        self.say("    the same Faust consumer, batches taken whole (no per-message delivery)")
+        results.floor_batched = await self.floor("floor-batched", "--batched-drain")
+        self.say(f"    {results.floor_batched['rate']:,.0f} events/s")
         return results
 
     def _backlog_facts(self, produce_rate: float) -> dict[str, Any]:
@@ -220,6 +246,7 @@ class Bench:
         profiler: Profiler | None = None
         first_at, first_done = 0.0, 0
         startup_rss: list[float] = []
+        cpu_at_start: dict[str, float] = {}
         async with _positions_reader(pipe) as read_positions:
             while True:
                 done = _processed(await read_positions(), pipe.ends)
@@ -227,6 +254,7 @@ class Bench:
                 if not first_at and done > 0:
                     first_at, first_done = now, done
                     startup_rss = [rss_mb(w.pid) for w in workers]
+                    cpu_at_start = self._cpu_seconds(workers)
                     if profile and self.options.profile is not None:
                         profiler = Profiler.start(workers[0].pid, self.options.profile)
                 if done >= total:
@@ -235,9 +263,10 @@ class Bench:
                     raise TimeoutError(f"catch-up not done after {self.options.stage_timeout}s")
                 pipe.supervise()
                 await asyncio.sleep(POLL_SECONDS)
+        finished = time.monotonic()
+        cpu_used = _minus(self._cpu_seconds(workers), cpu_at_start)
         if profiler is not None:
             self.profile_summary = profiler.stop()
-        finished = time.monotonic()
         live = [w for w in pipe.workers if w.alive()]
         result = CatchUp(
             workers=len(names),
@@ -248,12 +277,20 @@ class Bench:
             rate_with_startup=total / (finished - started),
             peak_rss_mb=[rss_mb(w.pid, peak=True) for w in live],
             startup_rss_mb=startup_rss,
+            cpu_us_per_event={k: v * 1e6 / max(total - first_done, 1) for k, v in cpu_used.items()},
             fail_stops=pipe.fail_stops,
         )
         if keep_running and len(live) == 1:
             return result, live[0]
         pipe.stop_all()
         return result, None
+
+    def _cpu_seconds(self, workers: list[WorkerProcess]) -> dict[str, float]:
+        """CPU seconds used so far by the workers (together) and the known services."""
+        used = {"workers": sum(cpu_seconds(w.pid) for w in workers)}
+        for name, pid in self.service_pids.items():
+            used[name] = cpu_seconds(pid, with_children=True)
+        return used
 
     async def latency(self, worker: WorkerProcess) -> Latency:
         """Produce at the fixed rate on the caught-up worker; percentiles of append -> commit,
@@ -328,6 +365,37 @@ class Bench:
         seconds = max(ended - began, 1e-3)
         return Restore(records, seconds, records / seconds, began - started)
 
+    async def floor(self, name: str, *flags: str) -> dict[str, Any]:
+        """Run `tests.bench.floor` (a do-nothing agent) over everything produced so far."""
+        total = sum(end + 1 for end in self.pipe.ends.values())
+        root = self.pipe.root
+        settings = self.pipe.settings.model_copy(
+            update={"app_id": f"bench-{name}", "data_dir": root / name, "web_port": free_port()}
+        )
+        out = root / f"{name}.json"
+        env = {k: v for k, v in os.environ.items() if not k.startswith("LENDSTREAM_")}
+        env.update(worker_env(settings))
+        started = time.monotonic()
+        with open(root / f"{name}.log", "ab") as log_file:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "tests.bench.floor", str(total), str(out), *flags],
+                env=env, cwd=REPO, stdout=log_file, stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )  # fmt: skip
+        try:
+            while proc.poll() is None:
+                if time.monotonic() - started > self.options.stage_timeout:
+                    raise TimeoutError(f"floor not done after {self.options.stage_timeout}s")
+                await asyncio.sleep(POLL_SECONDS)
+        finally:
+            stop_process(proc.pid)
+        if not out.exists():
+            tail = (root / f"{name}.log").read_text(errors="replace")[-3000:]
+            raise AssertionError(f"floor exited with {proc.returncode}:\n{tail}")
+        result: dict[str, Any] = json.loads(out.read_text())
+        result["total_seconds"] = time.monotonic() - started
+        return result
+
 
 async def _watch_positions(read: Callable[[], Any]) -> list[tuple[float, Ends]]:
     """(time, positions) every `WATCH_SECONDS` until cancelled; returns what it saw."""
@@ -358,6 +426,25 @@ def visible_latencies(
         if i < len(history):
             out.append(history[i][1] - ts)
     return out
+
+
+def cpu_seconds(pid: int, with_children: bool = False) -> float:
+    """User + system CPU seconds of a live process (and its live children); 0 if it is gone."""
+    try:
+        process = psutil.Process(pid)
+        processes = [process, *(process.children(recursive=True) if with_children else [])]
+        total = 0.0
+        for p in processes:
+            with contextlib.suppress(psutil.Error):
+                times = p.cpu_times()
+                total += times.user + times.system
+        return total
+    except psutil.Error:
+        return 0.0
+
+
+def _minus(after: dict[str, float], before: dict[str, float]) -> dict[str, float]:
+    return {k: v - before.get(k, 0.0) for k, v in after.items()}
 
 
 def _processed(positions: Ends, ends: Ends) -> int:
@@ -526,11 +613,13 @@ async def run_benchmark(
     say: Callable[[str], None],
     partitions: int = 8,
     schema: str = "bench",
+    service_pids: dict[str, int] | None = None,
 ) -> Results:
     """All stages against the broker `kafka` and PostgreSQL `pg_dsn`; workers live in `root`.
 
     Settings not given here (batch size, pool size...) come from `LENDSTREAM_*` variables, so
-    a variant can be measured by setting them.
+    a variant can be measured by setting them. `service_pids` (e.g. broker, postgres) are
+    the processes whose CPU use is reported with the workers'.
     """
     settings = Settings(
         kafka=kafka,
@@ -544,7 +633,7 @@ async def run_benchmark(
     )
     pipeline = Pipeline(settings, root)
     try:
-        return await Bench(pipeline, options, say).run(environment(settings))
+        return await Bench(pipeline, options, say, service_pids).run(environment(settings))
     finally:
         pipeline.stop_all()
 

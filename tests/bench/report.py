@@ -34,6 +34,7 @@ def rows(results: Results) -> list[Row]:
         out += [
             rate("(b) catch-up, 1 worker, after start-up", c.rate, 30_000),
             rate(f"    with start-up ({c.startup_seconds:.1f}s)", c.rate_with_startup),
+            *[Row(f"    CPU per event: {who}", us, "us") for who, us in c.cpu_us_per_event.items()],
         ]
     if lat := results.latency:
         label = f"at {lat.rate_reached:,.0f} events/s"
@@ -85,6 +86,12 @@ def rows(results: Results) -> list[Row]:
             rate("(g) scale-out: 2 workers, after start-up", s.rate),
             Row("    2 workers / 1 worker", s.rate / one.rate, "x", None, "> 1", s.rate > one.rate),
         ]
+    if results.floor:
+        out.append(rate("(h) Faust floor: take_events agent doing nothing", results.floor["rate"]))
+    if results.floor_batched:
+        out.append(
+            rate("    same consumer, fetched batches taken whole", results.floor_batched["rate"])
+        )
     return out
 
 

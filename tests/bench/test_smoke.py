@@ -18,7 +18,7 @@ from tests.bench.report import format_table, rows
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(420)]
 
-STAGES = ("(a)", "(b)", "(c)", "(d)", "(e)", "(f)", "(g)")
+STAGES = ("(a)", "(b)", "(c)", "(d)", "(e)", "(f)", "(g)", "(h)")
 
 
 def test_every_stage_runs_on_a_small_backlog(
@@ -29,7 +29,15 @@ def test_every_stage_runs_on_a_small_backlog(
                       stage_timeout=240)  # fmt: skip
     try:
         results = asyncio.run(
-            run_benchmark(options, broker.url, postgres.dsn, tmp_path, print, schema=schema)
+            run_benchmark(
+                options,
+                broker.url,
+                postgres.dsn,
+                tmp_path,
+                print,
+                schema=schema,
+                service_pids={"broker": broker.proc.pid, "postgres": postgres.pid},
+            )
         )
     finally:
         for suffix in ("", "_reprocess", "_scale"):
@@ -41,10 +49,13 @@ def test_every_stage_runs_on_a_small_backlog(
     assert results.backlog["events"] == 5_000
     assert results.ceiling["events"] == 5_000
     assert results.catch_up is not None and results.catch_up.events == 5_000
+    assert set(results.catch_up.cpu_us_per_event) == {"workers", "broker", "postgres"}
     assert results.latency is not None and results.latency.events > 0
     assert results.restore is not None and results.restore.records > 0
     assert results.scale_out is not None and results.scale_out.workers == 2
     assert results.reprocess is not None
+    assert results.floor["events"] >= 5_000 + results.latency.events
+    assert results.floor_batched["events"] >= 5_000 + results.latency.events
     assert results.reprocess.events == 5_000 + results.latency.events
     table = format_table(results)
     assert all(stage in table for stage in STAGES), table
