@@ -25,6 +25,7 @@ def main(argv: list[str] | None = None) -> int:
         seed=args.seed,
         latency_rate=args.latency_rate,
         latency_seconds=args.latency_seconds,
+        stages=args.stages,
         profile=out.with_name(f"{out.stem}-profile") if args.profile else None,
     )
     with embedded_stack() as (broker, pg):
@@ -52,6 +53,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--latency-seconds", type=float, default=30.0)
     p.add_argument("--out", type=Path, help="JSON results (default bench-results/run-TIME.json)")
     p.add_argument("--profile", action="store_true", help="py-spy the worker during (b)")
+    p.add_argument(
+        "--stages", default="abcdefgh", help="run only these, e.g. abc ((c), (d) need (b))"
+    )
     return p
 
 

@@ -73,6 +73,7 @@ class Options:
     latency_rate: float = 2_000.0
     latency_seconds: float = 30.0
     stage_timeout: float = 3_600.0
+    stages: str = "abcdefgh"  # which of the stages to run ((c), (d) need (b))
     profile: Path | None = None  # py-spy the catch-up worker, writing here (text summary)
 
 
@@ -166,11 +167,37 @@ class Bench:
         produced = await produce_backlog(self.bootstrap, self.sim, o.events)
         self.pipe.ends = dict(produced.ends)
         results = Results(asdict(o), environment, self._backlog_facts(produced.rate))
+        stages = o.stages
+        if "a" in stages:
+            self.say("(a) ceiling: raw aiokafka consumption")
+            results.ceiling = await ceiling(self.bootstrap, self.pipe.ends)
+            self.say(f"    {results.ceiling['rate']:,.0f} events/s")
+        if "b" in stages:
+            await self.one_worker(results, latency="c" in stages)
+        if "b" in stages and "d" in stages:
+            self.say("(d) changelog restore with the local state wiped")
+            results.restore = await self.restore("w1")
+            self.say(f"    {results.restore.records:,} records at {results.restore.rate:,.0f}/s")
+        if "e" in stages:
+            self.say("(e) re-processing from offset 0 into a fresh schema (new group, fresh data)")
+            results.reprocess, _ = await self.catch_up(self.fresh_pipeline("reprocess"), ["r1"])
+            self.say(f"    {results.reprocess.rate:,.0f} events/s")
+        if "g" in stages:
+            self.say("(g) scale-out: two workers")
+            results.scale_out, _ = await self.catch_up(self.fresh_pipeline("scale"), ["s1", "s2"])
+            self.say(f"    {results.scale_out.rate:,.0f} events/s")
+        if "h" in stages:
+            self.say("(h) Faust floor: a take_events agent that does nothing")
+            results.floor = await self.floor("floor")
+            self.say(f"    {results.floor['rate']:,.0f} events/s")
+            self.say("    the same Faust consumer, batches taken whole (no per-message delivery)")
+            results.floor_batched = await self.floor("floor-batched", "--batched-drain")
+            self.say(f"    {results.floor_batched['rate']:,.0f} events/s")
+        return results
 
-        self.say("(a) ceiling: raw aiokafka consumption")
-        results.ceiling = await ceiling(self.bootstrap, self.pipe.ends)
-        self.say(f"    {results.ceiling['rate']:,.0f} events/s")
-
+    async def one_worker(self, results: Results, latency: bool) -> None:
+        """(b) catch-up, then (c) latency on the same worker, and (f) its peak RSS."""
+        o = self.options
         self.say("(b) catch-up: one worker")
         catch_up, worker = await self.catch_up(self.pipe, ["w1"], keep_running=True, profile=True)
         results.catch_up = catch_up
@@ -179,40 +206,19 @@ class Bench:
         )
         assert worker is not None
         try:
-            self.say(f"(c) latency at {o.latency_rate:,.0f} events/s for {o.latency_seconds:.0f}s")
-            results.latency = await self.latency(worker)
-            self.say(
-                f"    p50 {results.latency.histogram_p50 * 1000:.0f} ms, "
-                f"p99 {results.latency.histogram_p99 * 1000:.0f} ms (histogram)"
-            )
+            if latency:
+                self.say(
+                    f"(c) latency at {o.latency_rate:,.0f} events/s for {o.latency_seconds:.0f}s"
+                )
+                results.latency = lat = await self.latency(worker)
+                self.say(f"    p50 {lat.histogram_p50 * 1000:.0f} ms, "
+                         f"p99 {lat.histogram_p99 * 1000:.0f} ms (histogram)")  # fmt: skip
         finally:
             results.peak_rss_mb = rss_mb(worker.pid, peak=True)
             results.startup_rss_mb = catch_up.startup_rss_mb[0]
             worker.stop()
         results.loans = self.sim.loans_started
         results.profile = self.profile_summary
-
-        self.say("(d) changelog restore with the local state wiped")
-        results.restore = await self.restore("w1")
-        self.say(f"    {results.restore.records:,} records at {results.restore.rate:,.0f}/s")
-
-        self.say("(e) re-processing from offset 0 into a fresh schema (new group, fresh data)")
-        fresh = self.fresh_pipeline("reprocess")
-        results.reprocess, _ = await self.catch_up(fresh, ["r1"])
-        self.say(f"    {results.reprocess.rate:,.0f} events/s")
-
-        self.say("(g) scale-out: two workers")
-        fresh = self.fresh_pipeline("scale")
-        results.scale_out, _ = await self.catch_up(fresh, ["s1", "s2"])
-        self.say(f"    {results.scale_out.rate:,.0f} events/s")
-
-        self.say("(h) Faust floor: a take_events agent that does nothing")
-        results.floor = await self.floor("floor")
-        self.say(f"    {results.floor['rate']:,.0f} events/s")
-        self.say("    the same Faust consumer, batches taken whole (no per-message delivery)")
-        results.floor_batched = await self.floor("floor-batched", "--batched-drain")
-        self.say(f"    {results.floor_batched['rate']:,.0f} events/s")
-        return results
 
     def _backlog_facts(self, produce_rate: float) -> dict[str, Any]:
         total = sum(self.sim.by_type.values())

@@ -105,7 +105,11 @@ def format_table(results: Results) -> str:
     header = f"{'figure':<58} {'value':>12} {'unit':<10} {'/ (a)':>7}  target"
     lines = [header, "-" * len(header)]
     for row in rows(results):
-        ratio = f"{row.per_ceiling:.3f}" if row.per_ceiling is not None else ""
+        ratio = (
+            ""
+            if row.per_ceiling is None or math.isnan(row.per_ceiling)
+            else f"{row.per_ceiling:.3f}"
+        )
         verdict = {True: " (met)", False: " (not met)", None: ""}[row.met] if row.target else ""
         lines.append(
             f"{row.figure:<58} {_number(row.value):>12} {row.unit:<10} {ratio:>7}  "
