@@ -32,6 +32,36 @@ _LENDSTREAM = Path(lendstream.cli.__file__).parent
 _STDLIB = Path(sysconfig.get_paths()["stdlib"])
 
 
+#: What a worker sample was doing, by the first rule whose any substring is in its stack.
+ACTIVITIES: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("processor: contiguity guard", ("ContiguityGuard.check",)),
+    ("processor: decode + validate (to_message)", ("to_message (",)),
+    ("processor: load states (table get, decode, PG newer)", ("LoanProcessor.load",)),
+    ("processor: fold (sequencing.receive, evolve)", ("receive (domain",)),
+    ("processor: PostgreSQL commit (client side)", ("CheckpointedWriter",)),
+    ("processor: metrics (events_total)", ("LoanProcessor.count",)),
+    ("processor: table values encoded", ("encode (tables/loans.py",)),
+    ("processor: table writes (Faust set, changelog enqueue)", ("__setitem__",)),
+    ("processor: other", ("LoanProcessor.process",)),
+    ("Faust/aiokafka: producing changelog records",
+     ("Sender.", "SendProduceReqHandler", "ProducerBuffer", "Topic._on_published",
+      "Topic.publish_message", "AIOKafkaProducer", "MessageAccumulator")),
+    ("Faust: per-message delivery (drain, conductor, stream)",
+     ("Consumer._drain_messages", "Conductor.", "Stream._c_aiter", "Stream.take_events",
+      "Stream._passive_drainer", "Fetcher._fetcher")),
+    ("Faust: offset commits", ("Consumer._commit_handler", "Consumer.commit")),
+    ("aiokafka: network reads", ("AIOKafkaConnection._read",)),
+    ("event loop scheduling (select, run_once)", ("EpollSelector.select", "_run_once")),
+)  # fmt: skip
+
+
+def activity(stack: str) -> str:
+    for name, needles in ACTIVITIES:
+        if any(needle in stack for needle in needles):
+            return name
+    return "other"
+
+
 def py_spy() -> str:
     found = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
     if not Path(found).exists():
@@ -98,6 +128,7 @@ def _package(path: str) -> str:
 def summarise(folded: str, seconds: float | None = None) -> dict[str, Any]:
     """Percentages of samples by thread, by package (self), by function (self, inclusive)."""
     threads: Counter[str] = Counter()
+    activities: Counter[str] = Counter()
     packages: Counter[str] = Counter()
     own: Counter[str] = Counter()
     inclusive: Counter[str] = Counter()
@@ -114,6 +145,7 @@ def summarise(folded: str, seconds: float | None = None) -> dict[str, Any]:
             continue
         total += count
         threads[thread] += count
+        activities[activity(";".join(frames))] += count
         names = [_frame_name(f) for f in frames]
         leaf, package = names[-1]
         own[leaf] += count
@@ -134,6 +166,7 @@ def summarise(folded: str, seconds: float | None = None) -> dict[str, Any]:
         "seconds": seconds,
         "threads": shares(threads),
         "thread_busy": busy,
+        "activities": shares(activities),
         "packages": shares(packages),
         "self": shares(own, TOP),
         "inclusive": shares(inclusive, TOP),
@@ -144,7 +177,7 @@ def format_summary(summary: dict[str, Any]) -> str:
     """The summary as plain text tables (percent of the samples of running threads)."""
     lines = [f"{summary['samples']} samples over {summary['seconds'] or 0:.0f}s"]
     busy = summary.get("thread_busy", {})
-    sections = [("thread", "threads"), ("package (self)", "packages"),
+    sections = [("thread", "threads"), ("activity", "activities"), ("package (self)", "packages"),
                 ("function, self", "self"), ("function, inclusive", "inclusive")]  # fmt: skip
     for title, key in sections:
         lines += ["", f"{'%':>6}  {title}"]

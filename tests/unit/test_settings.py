@@ -182,3 +182,13 @@ def test_require_names_the_first_missing_of_several(monkeypatch: pytest.MonkeyPa
     monkeypatch.setenv("LENDSTREAM_KAFKA", "kafka://localhost:9092")
     with pytest.raises(SettingsError, match=r"^LENDSTREAM_PG_DSN "):
         load_settings().require("kafka", "pg_dsn")
+
+
+def test_app_id_names_the_consumer_group_and_is_checked(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert load_settings().app_id == "lendstream"  # changelog: lendstream-loans-changelog
+    monkeypatch.setenv("LENDSTREAM_APP_ID", "lendstream-rebuild")
+    assert load_settings().app_id == "lendstream-rebuild"
+    monkeypatch.setenv("LENDSTREAM_APP_ID", "has space")
+    with pytest.raises(SettingsError) as caught:
+        load_settings()
+    assert_one_line_naming(caught.value, "LENDSTREAM_APP_ID")
