@@ -50,20 +50,12 @@ def _envelope(
 
 
 def lifecycle(
-    rng: random.Random,
-    loan_id: str,
-    customer_id: str,
-    partner_id: str,
-    start: datetime,
-    with_payouts: bool = True,
-    max_repayments: int = 24,
-    month: timedelta = MONTH,
-) -> list[Produced]:
-    """One loan's events in causal order, ending in any of the lifecycle's end states."""
-    events = loan_events(
-        rng, loan_id, customer_id, partner_id, start, with_payouts, max_repayments, month
-    )
-    return [produced for _, produced in events]
+    rng: random.Random, loan_id: str, customer_id: str, partner_id: str, start: datetime,
+    **options: Any,
+) -> list[Produced]:  # fmt: skip
+    """One loan's events in causal order, ending in any of the lifecycle's end states
+    (`options` as for `loan_events`)."""
+    return [p for _, p in loan_events(rng, loan_id, customer_id, partner_id, start, **options)]
 
 
 def loan_events(
@@ -166,7 +158,15 @@ def population(
         partner = f"P{rng.randrange(partners):02d}"
         began = base + timedelta(minutes=rng.randrange(0, 60 * 24 * 30))
         result.append(
-            lifecycle(rng, loan_id, customer, partner, began, with_payouts, max_repayments)
+            lifecycle(
+                rng,
+                loan_id,
+                customer,
+                partner,
+                began,
+                with_payouts=with_payouts,
+                max_repayments=max_repayments,
+            )
         )
     return result
 

@@ -14,14 +14,7 @@ from lendstream.devstack import ENDPOINTS_FILE, dev_endpoints
 from lendstream.settings import Settings
 from lendstream.simulate import NoBroker, ProduceReport, broker_for, progress_line
 from lendstream.simulation import Simulation
-
-
-@pytest.fixture(autouse=True)
-def clean_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    for name in list(os.environ):
-        if name.upper().startswith("LENDSTREAM_"):
-            monkeypatch.delenv(name)
-    monkeypatch.chdir(tmp_path)
+from tests.unit.test_settings import clean_environment  # noqa: F401  (autouse: no LENDSTREAM_*)
 
 
 def settings(tmp_path: Path, kafka: str | None = None) -> Settings:
