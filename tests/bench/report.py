@@ -115,6 +115,13 @@ def format_table(results: Results) -> str:
             f"{row.figure:<58} {_number(row.value):>12} {row.unit:<10} {ratio:>7}  "
             f"{row.target}{verdict}"
         )
+    lat, one = results.latency, results.catch_up
+    if lat and one and lat.rate_reached > 0.9 * one.rate:
+        lines.append(
+            f"note: (c) ran at {lat.rate_reached:,.0f}/s, at or above what one worker sustains "
+            f"({one.rate:,.0f}/s in (b)): its latency is mostly queueing; rerun with a lower "
+            "--latency-rate for the latency of an unsaturated worker"
+        )
     return "\n".join(lines)
 
 
