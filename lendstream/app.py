@@ -95,7 +95,7 @@ def create_app(
     datadir = (settings.data_dir / "worker").resolve()
     datadir.mkdir(parents=True, exist_ok=True)
     app = LendstreamApp(
-        APP_ID,
+        settings.app_id,
         broker=settings.kafka,
         broker_credentials=faust_broker_credentials(settings),
         store="rocksdb://",

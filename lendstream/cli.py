@@ -61,6 +61,13 @@ def _parser() -> argparse.ArgumentParser:
     _dlq_commands(sub)
     topics = command("topics", _topics, "show (plan) or create (apply) lendstream's Kafka topics")
     topics.add_argument("action", choices=["plan", "apply"])
+    sim = command("simulate", _simulate, "produce traffic from a simulated customer population")
+    sim.add_argument("--dau", type=int, required=True, help="daily active customers")
+    sim.add_argument("--duration", type=float, help="seconds to produce for (paced mode)")
+    sim.add_argument("--rate", type=float, default=1000.0, help="events per second (paced)")
+    sim.add_argument("--seed", type=int, default=1)
+    sim.add_argument("--backlog", type=int, metavar="COUNT",
+                     help="produce COUNT events as fast as possible, then exit")  # fmt: skip
 
     loan = command("loan", _loan, "show a loan now, or as of a time")
     loan.add_argument("loan_id")
@@ -142,6 +149,29 @@ def _topics(settings: Settings, args: argparse.Namespace) -> int:
     changes = asyncio.run(plan_topics(settings))
     print(format_plan(changes))
     return 1 if errors(changes) else 0
+
+
+def _simulate(settings: Settings, args: argparse.Namespace) -> int:
+    from lendstream.simulate import NoBroker, run_simulate
+
+    if args.dau < 1:
+        raise UserError(f"--dau must be at least 1, got {args.dau}")
+    if args.backlog is None and (args.duration is None or args.duration <= 0):
+        raise UserError("--duration SECONDS (> 0) is needed unless --backlog COUNT is given")
+    if args.backlog is not None and args.backlog < 1:
+        raise UserError(f"--backlog must be at least 1, got {args.backlog}")
+    if args.rate <= 0:
+        raise UserError(f"--rate must be positive, got {args.rate}")
+    try:
+        run_simulate(settings, args.dau, args.duration or 0.0, args.rate, args.seed,
+                     args.backlog, say=_say_simulate)  # fmt: skip
+    except NoBroker as exc:
+        raise UserError(str(exc)) from None
+    return 0
+
+
+def _say_simulate(text: str) -> None:
+    print(f"[simulate {datetime.now().strftime('%H:%M:%S')}] {text}", flush=True)
 
 
 def _loan(settings: Settings, args: argparse.Namespace) -> int:

@@ -141,6 +141,12 @@ class Settings(BaseSettings):
     pg_sslmode: Annotated[PgSslMode | None, BlankIsNone, BeforeValidator(_lower)] = None
     pg_sslrootcert: Annotated[Path | None, BlankIsNone] = None
 
+    app_id: str = Field(
+        default="lendstream",
+        pattern=r"^[a-z][a-z0-9_.-]{0,62}$",
+        description="Faust app id: the consumer group and the prefix of the changelog topics",
+    )
+
     @field_validator("kafka")
     @classmethod
     def _check_kafka(cls, value: str | None) -> str | None:
