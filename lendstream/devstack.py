@@ -78,7 +78,7 @@ def run_dev(settings: Settings, simulate: bool, rate: float, seed: int) -> int:
 
 
 def _write_endpoints(root: Path, settings: Settings) -> None:
-    """Tell other commands (`simulate`) where this dev stack's broker and PostgreSQL are."""
+    """Tell other commands (`simulate`, `dlq`) where this dev stack's broker and PostgreSQL are."""
     endpoints = {"kafka": settings.kafka, "pg_dsn": settings.pg_dsn, "pid": os.getpid()}
     (root / ENDPOINTS_FILE).write_text(json.dumps(endpoints))
 
