@@ -83,7 +83,8 @@ def run_simulate(
     say(f"broker {','.join(bootstrap)}; {dau:,} daily active customers, seed {seed}")
 
     async def run() -> ProduceReport:
-        await ensure_topics(bootstrap, settings.partitions, settings.replication_factor)
+        kafka = ",".join(f"kafka://{server}" for server in bootstrap)
+        await ensure_topics(settings.model_copy(update={"kafka": kafka}))
         if backlog is not None:
             return await produce_backlog(bootstrap, sim, backlog, say)
         return await produce_paced(bootstrap, sim, rate, duration, say)
