@@ -31,6 +31,10 @@ INTEREST_INCOME = "interest_income"
 CUSTOMER_OVERPAYMENT = "customer_overpayment"
 
 
+Direction = Literal["debit", "credit"]
+Leg = tuple[str, Direction, int]
+
+
 @dataclass(frozen=True, slots=True)
 class LedgerEntry:
     """One `ledger_entries` row; `entry_id` is `<event_id>:<n>`."""
@@ -39,7 +43,7 @@ class LedgerEntry:
     event_id: str
     loan_id: str
     account: str
-    direction: Literal["debit", "credit"]
+    direction: Direction
     amount_cents: int
     currency: str
     booked_at: datetime
@@ -79,7 +83,7 @@ def ledger_entries(event: Event, before: Loan | None, after: Loan) -> list[Ledge
     """
     if isinstance(event, LoanPaidOut):
         amount = event.data.amount_cents
-        legs = [(LOANS_RECEIVABLE, "debit", amount), (PARTNER_FUNDING, "credit", amount)]
+        legs: list[Leg] = [(LOANS_RECEIVABLE, "debit", amount), (PARTNER_FUNDING, "credit", amount)]
     elif isinstance(event, RepaymentReceived) and before is not None:
         legs = _repayment_legs(event.data.amount_cents, before, after)
     else:
@@ -100,7 +104,7 @@ def ledger_entries(event: Event, before: Loan | None, after: Loan) -> list[Ledge
     ]
 
 
-def _repayment_legs(amount: int, before: Loan, after: Loan) -> list[tuple[str, str, int]]:
+def _repayment_legs(amount: int, before: Loan, after: Loan) -> list[Leg]:
     principal = after.principal_repaid_cents - before.principal_repaid_cents
     interest_due = (after.total_due_cents or 0) - (after.approved_amount_cents or 0)
     interest = min(after.interest_repaid_cents, interest_due) - min(

@@ -19,6 +19,7 @@ touching the amounts — which is how a crash between saving the line and emitti
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Literal
@@ -196,10 +197,10 @@ def _reserve(line: CreditLine, command: Reserve, now: datetime) -> tuple[CreditL
         hold = Hold(command.loan_id, command.amount_cents, state, reason)
         line = line.with_hold(command.payout_id, hold)
     if hold.state == "refused":
-        data = {"partner_id": line.partner_id, "reason": hold.reason}
-        return line, [_answer(FundsReservationFailed, command, now, data)]
-    data = {"partner_id": line.partner_id, "amount_cents": hold.amount_cents}
-    return line, [_answer(FundsReserved, command, now, data)]
+        refused = {"partner_id": line.partner_id, "reason": hold.reason}
+        return line, [_answer(FundsReservationFailed, command, now, refused)]
+    reserved = {"partner_id": line.partner_id, "amount_cents": hold.amount_cents}
+    return line, [_answer(FundsReserved, command, now, reserved)]
 
 
 def _release(line: CreditLine, command: Release, now: datetime) -> tuple[CreditLine, list[Event]]:
@@ -237,7 +238,7 @@ def _return(line: CreditLine, command: ReturnPrincipal) -> CreditLine:
 
 
 def _answer(
-    model: type[Event], command: Reserve | Release, now: datetime, data: dict[str, object]
+    model: type[Event], command: Reserve | Release, now: datetime, data: Mapping[str, object]
 ) -> Event:
     return payout_event(
         model, command.payout_id, command.loan_id, now, data,
@@ -250,7 +251,7 @@ def payout_event(
     payout_id: str,
     loan_id: str,
     now: datetime,
-    data: dict[str, object],
+    data: Mapping[str, object],
     correlation_id: str | None = None,
     causation_id: str | None = None,
 ) -> Event:
