@@ -58,6 +58,14 @@ def _parser() -> argparse.ArgumentParser:
 
     command("worker", _worker, "run a worker against the configured Kafka and PostgreSQL")
 
+    gateway = command("gateway-sim", _gateway_sim, "run the payout gateway simulator")
+    gateway.add_argument("--host", default="0.0.0.0", help="interface (default: all)")
+    gateway.add_argument("--port", type=int, default=8080)
+    gateway.add_argument("--transient-rate", type=float, default=0.0, help="0..1 per request")
+    gateway.add_argument("--permanent-rate", type=float, default=0.0, help="0..1 per request")
+    gateway.add_argument("--seed", type=int, default=1)
+    gateway.add_argument("--hang-seconds", type=float, default=30.0, help="a timeout's hang")
+
     _dlq_commands(sub)
     topics = command("topics", _topics, "show (plan) or create (apply) lendstream's Kafka topics")
     topics.add_argument("action", choices=["plan", "apply"])
@@ -136,6 +144,22 @@ def _worker(settings: Settings, args: argparse.Namespace) -> int:
 
     settings.require("kafka", "pg_dsn")
     return run_worker(settings)
+
+
+def _gateway_sim(settings: Settings, args: argparse.Namespace) -> int:
+    from lendstream.gateway_sim import SimulatorConfig, run
+
+    config = SimulatorConfig(
+        args.transient_rate, args.permanent_rate, args.seed, hang_seconds=args.hang_seconds
+    )
+    try:
+        config.validate()
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
+    if not 0 <= args.port <= 65535:
+        raise UserError(f"--port must be 0..65535, got {args.port}")
+    run(args.host, args.port, config)
+    return 0
 
 
 def _topics(settings: Settings, args: argparse.Namespace) -> int:

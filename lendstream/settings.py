@@ -112,6 +112,8 @@ class Settings(BaseSettings):
     # Not SecretStr: `devstack.worker_env` hands settings to child processes by value.
     ingest_token: str | None = Field(default=None, repr=False, description="ingest bearer token")
     reader_password: str | None = Field(default=None, repr=False, description="analysts' password")
+    gateway_connect_timeout: Duration = 2.0
+    gateway_read_timeout: Duration = 10.0
 
     @field_validator("ingest_token", "reader_password")
     @classmethod
