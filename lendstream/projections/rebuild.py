@@ -76,21 +76,25 @@ class Report:
 
 @dataclass
 class Progress:
-    """Counts folded messages and prints a progress line through `say` at most every second."""
+    """Counts folded messages; `every_second` prints the progress line through `say`."""
 
     say: Callable[[str], None]
     total: int = 0
     done: int = 0
     phase: str = "fold"
     started: float = field(default_factory=time.monotonic)
-    last: float = 0.0
 
-    def step(self, count: int, force: bool = False) -> None:
+    def step(self, count: int) -> None:
         self.done += count
-        now = time.monotonic()
-        if force or now - self.last >= 1.0:
-            self.last = now
-            self.say(progress_line(self.done, self.total, now - self.started, self.phase))
+
+    def show(self) -> None:
+        self.say(progress_line(self.done, self.total, time.monotonic() - self.started, self.phase))
+
+    async def every_second(self) -> None:
+        """Print the progress line every second until cancelled."""
+        while True:
+            await asyncio.sleep(1.0)
+            self.show()
 
 
 class Source:
@@ -149,6 +153,7 @@ class Rebuild:
 
     async def run(self, consumer: AIOKafkaConsumer) -> Report:
         conn = await asyncpg.connect(self.dsn)
+        ticker = asyncio.create_task(self.progress.every_second())
         try:
             await self.create_shadow(conn)
             await consumer.topics()  # loads the cluster metadata
@@ -169,9 +174,10 @@ class Rebuild:
                 await self.fold_to(conn, source, newer)
             self.progress.phase = "swap"
             positions = await self.swap(conn, source, tps)
-            self.progress.step(0, force=True)
+            self.progress.show()
             return Report(self.progress.done, time.monotonic() - self.progress.started, positions)
         finally:
+            ticker.cancel()
             await conn.close()
 
     async def create_shadow(self, conn: asyncpg.Connection) -> None:
