@@ -22,8 +22,8 @@ topics into shadow tables, then swap them in atomically while the live worker ke
 Guarantee: a READ COMMITTED statement (PostgreSQL's default) sees either the old tables or the
 new ones, complete — never a missing or empty table; a statement that arrives during the swap
 waits for it. Limits: a REPEATABLE READ/SERIALIZABLE transaction that began before the swap and
-first reads a swapped table after it sees the new table through its old snapshot (rows
-committed after its snapshot are invisible); time-dependent outcomes follow the records' Kafka
+first reads a swapped table after it sees the new table through its old snapshot (only the
+rows committed before that snapshot, maybe none); time-dependent outcomes follow the records' Kafka
 timestamps (see `replay`), so an event that the live worker parked and later declared dead by
 `LENDSTREAM_PARK_DEADLINE`, or retried on wall-clock backoff, may fold differently; messages
 already deleted by topic retention cannot be rebuilt (the rebuild then reflects only what is
