@@ -220,9 +220,14 @@ def _projections(settings: Settings, args: argparse.Namespace) -> int:
         projection_named(args.name)
     except UnknownProjection as exc:
         raise UserError(str(exc)) from None
+    import asyncpg
+
     settings = with_broker(settings)
-    report = run_rebuild(settings, resolve_dsn(settings), settings.bootstrap_servers,
-                         kafka_client_options(settings), say=_say_progress)  # fmt: skip
+    try:
+        report = run_rebuild(settings, resolve_dsn(settings), settings.bootstrap_servers,
+                             kafka_client_options(settings), say=_say_progress)  # fmt: skip
+    except (asyncpg.UndefinedTableError, asyncpg.InvalidSchemaNameError) as exc:  # no read models
+        raise UserError(f"{exc} (LENDSTREAM_PG_SCHEMA={settings.pg_schema!r})") from None
     print(f"rebuilt {', '.join(report.tables)} in {settings.pg_schema}: {report.events:,} "
           f"events in {report.seconds:.1f} s ({report.rate:,.0f} events/s)")  # fmt: skip
     return 0

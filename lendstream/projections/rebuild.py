@@ -182,9 +182,11 @@ class Rebuild:
 
     async def create_shadow(self, conn: asyncpg.Connection) -> None:
         live, shadow = f'"{self.schema}"', f'"{self.shadow}"'
-        await conn.execute(f"DROP SCHEMA IF EXISTS {shadow} CASCADE; CREATE SCHEMA {shadow}")
-        for table in REBUILT_TABLES:
-            await conn.execute(f"CREATE TABLE {shadow}.{table} (LIKE {live}.{table} INCLUDING ALL)")
+        async with conn.transaction():  # all or nothing: no shadow schema without its tables
+            await conn.execute(f"DROP SCHEMA IF EXISTS {shadow} CASCADE; CREATE SCHEMA {shadow}")
+            for table in REBUILT_TABLES:
+                like = f"LIKE {live}.{table} INCLUDING ALL"
+                await conn.execute(f"CREATE TABLE {shadow}.{table} ({like})")
 
     async def live_targets(
         self, conn: asyncpg.Connection, tps: list[TopicPartition], lock: bool = False

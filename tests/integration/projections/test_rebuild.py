@@ -126,3 +126,16 @@ async def test_rebuild_during_live_traffic_swaps_in_equal_tables(pipeline: Pipel
         "SELECT has_table_privilege('lendstream_reader', 'loan_summary', 'SELECT') AS ok"
     )
     assert granted[0]["ok"]
+
+
+async def test_a_schema_without_read_models_is_one_line_and_exit_2(pipeline: Pipeline) -> None:
+    await pipeline.create_topics()
+    code, _, err = await run_cli(pipeline, "projections", "rebuild")
+    assert code == 2, err
+    (line,) = [x for x in err.strip().splitlines() if not x.startswith("rebuild [")]
+    assert line.startswith("lendstream: schema ") and "LENDSTREAM_PG_SCHEMA" in line, err
+    rows = await pipeline.fetch(
+        "SELECT count(*) AS n FROM pg_namespace WHERE nspname = $1",
+        f"{pipeline.settings.pg_schema}__rebuild",
+    )
+    assert rows[0]["n"] == 0  # nothing left behind
