@@ -87,6 +87,13 @@ def _parser() -> argparse.ArgumentParser:
     export = schema_sub.add_parser("export", help="write a JSON Schema per event type and "
                                    "version, and an AsyncAPI 3.0 document of all topics")  # fmt: skip
     export.add_argument("--out", default="docs/schemas", help="folder (default docs/schemas)")
+
+    projections = command("projections", _projections, "read-model maintenance")
+    projections_sub = projections.add_subparsers(dest="projections_command", required=True)
+    rebuild = projections_sub.add_parser(
+        "rebuild", help="rebuild a projection's tables from the retained topics, then swap "
+        "them in atomically (the live tables stay readable)")  # fmt: skip
+    rebuild.add_argument("name", nargs="?", help="loans (default) or one of its tables")
     return parser
 
 
@@ -224,6 +231,34 @@ def _schema(settings: Settings, args: argparse.Namespace) -> int:
         raise UserError(f"cannot write to {args.out!r}: {exc.strerror or exc}") from None
     print(f"wrote {len(written)} files to {out}")
     return 0
+
+
+def _projections(settings: Settings, args: argparse.Namespace) -> int:
+    from lendstream.kafka import with_broker
+    from lendstream.pg import resolve_dsn
+    from lendstream.projections.rebuild import run_rebuild
+    from lendstream.projections.replay import UnknownProjection, projection_named
+    from lendstream.security import kafka_client_options
+
+    try:
+        projection_named(args.name)
+    except UnknownProjection as exc:
+        raise UserError(str(exc)) from None
+    import asyncpg
+
+    settings = with_broker(settings)
+    try:
+        report = run_rebuild(settings, resolve_dsn(settings), settings.bootstrap_servers,
+                             kafka_client_options(settings), say=_say_progress)  # fmt: skip
+    except (asyncpg.UndefinedTableError, asyncpg.InvalidSchemaNameError) as exc:  # no read models
+        raise UserError(f"{exc} (LENDSTREAM_PG_SCHEMA={settings.pg_schema!r})") from None
+    print(f"rebuilt {', '.join(report.tables)} in {settings.pg_schema}: {report.events:,} "
+          f"events in {report.seconds:.1f} s ({report.rate:,.0f} events/s)")  # fmt: skip
+    return 0
+
+
+def _say_progress(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
 
 
 def parse_timestamp(text: str) -> datetime:
