@@ -9,7 +9,8 @@ already read. The crash test lost hundreds of messages per partition after every
 changelog restore. The race is in Faust, not in the broker.
 
 `FixedRecovery` keeps the source partitions paused until they have been sought and the queues
-cleared, and only then resumes fetching them. `agents.contiguity` checks, against our own
+cleared, and only then resumes fetching them; partitions without a committed offset, which
+aiokafka does not seek at all, are sought to their start. `agents.contiguity` checks, against our own
 durable positions, that no message is ever skipped, whatever the cause.
 """
 
@@ -42,6 +43,24 @@ class FixedRecovery(Recovery):
             await asyncio.wait(callbacks)
         await self._seek_then_resume(generation_id)
 
+    async def _seek_uncommitted_to_start(self, consumer: Any, sources: set[Any]) -> None:
+        """Seek the source partitions that have no committed offset to their start.
+
+        aiokafka's `seek_to_committed` leaves such a partition where its fetcher was (it seeks
+        only to a committed offset > 0), which after a recovery is past records that were
+        fetched and then cleared with the stream queues: they were never delivered again, and
+        when nothing came after them the partition stalled silently (seen in the crash test).
+        The start is where `auto_offset_reset=earliest` would begin anyway; what was already
+        processed there is redelivered and deduplicated.
+        """
+        uncommitted = [tp for tp in sources if consumer._read_offset.get(tp) is None]
+        for tp in sorted(uncommitted):
+            await consumer.seek(tp, 0)
+        if uncommitted:
+            self.log.info(
+                "Sought %d partitions without a committed offset to their start.", len(uncommitted)
+            )
+
     async def _seek_then_resume(self, generation_id: int) -> None:
         app: Any = self.app
         consumer = app.consumer
@@ -54,6 +73,7 @@ class FixedRecovery(Recovery):
         if assignment:
             self.log.info("Seek stream partitions to committed offsets.")
             await self._wait(consumer.perform_seek(), timeout=app.conf.broker_request_timeout)
+            await self._seek_uncommitted_to_start(consumer, sources)
         self.completed.set()
         app.flow_control.resume()  # clears the stream queues
         consumer.resume_flow()
