@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -15,7 +16,7 @@ from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.web import Request, Response, View
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from lendstream import kafka
+from lendstream import kafka, observability
 from lendstream.agents import loans as loan_agent
 from lendstream.agents.contiguity import ContiguityGuard
 from lendstream.metrics import Metrics
@@ -73,6 +74,7 @@ class Runtime:
     pool: asyncpg.Pool | None = None
     writers: list[CheckpointedWriter[Any]] = field(default_factory=list)
     startup_error: str | None = None
+    health_checks: list[Callable[[], list[str]]] = field(default_factory=list)
 
 
 def create_app(settings: Settings, metrics: Metrics | None = None) -> tuple[faust.App, Runtime]:
@@ -133,6 +135,7 @@ def create_app(settings: Settings, metrics: Metrics | None = None) -> tuple[faus
     )
     _register_startup(app, runtime)
     _register_web(app, runtime)
+    observability.register(app, runtime)
     return app, runtime
 
 
@@ -189,4 +192,6 @@ def health_reasons(app: faust.App, runtime: Runtime) -> list[str]:
         reasons.append("rebalancing")
     if not app.tables.recovery.completed.is_set():
         reasons.append("recovering tables from changelogs")
+    for check in runtime.health_checks:
+        reasons.extend(check())
     return reasons

@@ -60,6 +60,13 @@ def _parser() -> argparse.ArgumentParser:
     loan.add_argument("loan_id")
     loan.add_argument("--as-of", help="RFC 3339 timestamp, e.g. 2026-03-01T12:00:00Z")
     loan.add_argument("--json", action="store_true", help="print JSON")
+
+    lag = command("lag", _lag, "consumer lag per group/topic/partition; needs no worker")
+    lag.add_argument("--group", action="append", help="consumer group (repeatable; default: app)")
+    lag.add_argument("--topic", action="append", default=[], help="show even if not committed")
+    lag.add_argument("--json", action="store_true", help="print JSON (one object per refresh)")
+    lag.add_argument("--watch", nargs="?", type=float, const=2.0, metavar="SECONDS",
+                     help="refresh every SECONDS (default 2) until Ctrl-C")  # fmt: skip
     return parser
 
 
@@ -86,6 +93,19 @@ def _loan(settings: Settings, args: argparse.Namespace) -> int:
         raise UserError(f"loan {args.loan_id!r} not found{when}")
     print(format_loan(row, as_json=args.json))
     return 0
+
+
+def _lag(settings: Settings, args: argparse.Namespace) -> int:
+    from lendstream.app import APP_ID
+    from lendstream.lag import LagUnavailable, run_command
+
+    if args.watch is not None and args.watch <= 0:
+        raise UserError(f"--watch needs a positive number of seconds, got {args.watch:g}")
+    try:
+        return run_command(settings, args.group or [APP_ID], args.topic, args.json, args.watch,
+                           app_group=APP_ID)  # fmt: skip
+    except LagUnavailable as exc:
+        raise UserError(str(exc)) from None
 
 
 def parse_timestamp(text: str) -> datetime:

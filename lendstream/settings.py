@@ -84,6 +84,7 @@ class Settings(BaseSettings):
     kafka_heartbeat_interval: Duration = 1.0
     pg_pool_max: int = Field(default=4, ge=1, le=100)
     worker_name: str = Field(default="", max_length=100)
+    probe_interval: Duration = 5.0  # how often a worker measures lag, dead letters, sagas
 
     @field_validator("kafka")
     @classmethod
