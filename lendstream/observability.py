@@ -10,7 +10,7 @@ seconds it probes, never per message:
 - Kafka: the lag of the app's consumer group on every partition of every source topic
   (repartition topics included) — the whole group, not only this worker's partitions, so lag
   stays visible while a worker is dead; and the lag of each changelog partition this worker
-  holds (active or standby), measured from the table's persisted offset in RocksDB.
+  holds (active or standby), from what it has written or read of it (`_changelog_targets`).
   Computation and edge cases: `lendstream.lag`.
 
 Every worker exports the same group-wide lag; rules and dashboards take the max over
@@ -201,8 +201,10 @@ class Collector:
         return sorted(names - self.app.tables.changelog_topics)
 
     def _changelog_targets(self) -> list[lag.Target]:
-        """Changelog partitions this worker holds (active or standby); the position is the
-        table's persisted offset in RocksDB (unknown before anything was restored)."""
+        """Changelog partitions this worker holds, active or standby. The position is the
+        furthest offset it has of each: written (the table's persisted offset in RocksDB) or
+        read (Faust's recovery counters: a standby buffers what it reads and applies it in
+        batches, so RocksDB alone would show a quiet standby as forever behind)."""
         if self.app.rebalancing:
             return []  # partitions are moving; their stores may be closed
         recovery = self.app.tables.recovery
@@ -211,8 +213,10 @@ class Collector:
             table = recovery.tp_to_table.get(tp)
             if table is None:
                 continue
-            offset = table.data.persisted_offset(tp)
-            processed = None if offset is None else offset + 1
+            seen = [table.data.persisted_offset(tp), recovery.active_offsets.get(tp),
+                    recovery.standby_offsets.get(tp)]  # fmt: skip
+            known = [int(offset) for offset in seen if offset is not None and offset >= 0]
+            processed = max(known) + 1 if known else None
             targets.append(lag.Target(self.group, tp.topic, tp.partition, processed=processed))
         return targets
 

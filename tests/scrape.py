@@ -15,11 +15,14 @@ Labels = frozenset[tuple[str, str]]
 
 
 def http_get(url: str, timeout: float = 10.0) -> tuple[int, bytes]:
+    """(status, body); status 0 when nothing answers (not listening yet, or stopped)."""
     try:
         with urllib.request.urlopen(url, timeout=timeout) as response:
             return response.status, response.read()
     except urllib.error.HTTPError as exc:
         return exc.code, exc.read()
+    except (urllib.error.URLError, OSError) as exc:
+        return 0, str(exc).encode()
 
 
 @dataclass
