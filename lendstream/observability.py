@@ -1,6 +1,8 @@
 """What a worker measures for `/metrics` and `/health` beyond what agents and writers record.
 
-`register(app, runtime)` starts one background task. Every second it reads in-memory state
+`register(app, runtime)` adds one small service to the app, started with it — before table
+recovery, unlike `app.task`s, which Faust starts only once recovery is complete — running one
+loop. Every second it reads in-memory state
 (PostgreSQL pool usage, Faust's table recovery, readiness); every `LENDSTREAM_PROBE_INTERVAL`
 seconds it probes, never per message:
 
@@ -32,6 +34,7 @@ from typing import Any
 import faust
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
+from mode import Service
 from prometheus_client import Gauge
 
 from lendstream import lag
@@ -51,8 +54,18 @@ def register(app: faust.App, runtime: Any) -> Collector:
     logging.getLogger("aiokafka.consumer.subscription_state").setLevel(logging.WARNING)
     collector = Collector(app, runtime)
     runtime.health_checks.append(collector.health_problems)
-    app.task(collector.run)
+    app.add_dependency(_CollectorService(collector))
     return collector
+
+
+class _CollectorService(Service):
+    def __init__(self, collector: Collector) -> None:
+        super().__init__()
+        self.collector = collector
+
+    @Service.task
+    async def _collect(self) -> None:
+        await self.collector.run()
 
 
 class Collector:
