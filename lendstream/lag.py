@@ -123,7 +123,7 @@ async def measure(bootstrap: str | list[str], targets: Sequence[Target]) -> list
     """Lag of every target: one high-watermark fetch for all partitions, then one fetch of
     the oldest unprocessed record of each lagging partition."""
     tps = list(dict.fromkeys(t.tp for t in targets))
-    lower = {}
+    lower: dict[TopicPartition, int] = {}
     for t in targets:
         if t.position is not None:
             lower[t.tp] = min(lower.get(t.tp, t.position), t.position)

@@ -2,9 +2,8 @@
 
 `register(app, runtime)` adds one small service to the app, started with it — before table
 recovery, unlike `app.task`s, which Faust starts only once recovery is complete — running one
-loop. Every second it reads in-memory state
-(PostgreSQL pool usage, Faust's table recovery, readiness); every `LENDSTREAM_PROBE_INTERVAL`
-seconds it probes, never per message:
+loop. Every second it reads in-memory state (PostgreSQL pool usage, Faust's table recovery,
+readiness); every `LENDSTREAM_PROBE_INTERVAL` seconds it probes, never per message:
 
 - PostgreSQL: projection positions (the processed position of the app's group), when each
   projection last advanced, dead letters by topic and status, saga instances by type and
@@ -12,7 +11,8 @@ seconds it probes, never per message:
 - Kafka: the lag of the app's consumer group on every partition of every source topic
   (repartition topics included) — the whole group, not only this worker's partitions, so lag
   stays visible while a worker is dead; and the lag of each changelog partition this worker
-  holds (active or standby), from what it has written or read of it (`_changelog_targets`).
+  holds (active or standby), from what it has written or read of it (`_changelog_targets`;
+  not while the worker rebalances or restores: `table_recovery_remaining` shows a restore).
   Computation and edge cases: `lendstream.lag`.
 
 Every worker exports the same group-wide lag; rules and dashboards take the max over
@@ -29,7 +29,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import faust
 from aiokafka.admin import AIOKafkaAdminClient
@@ -40,15 +40,19 @@ from prometheus_client import Gauge
 from lendstream import lag
 from lendstream.projections.writer import UNAVAILABLE
 
+if TYPE_CHECKING:
+    from lendstream.app import Runtime
+
 log = logging.getLogger(__name__)
 
 TICK_SECONDS = 1.0
 PROBE_TIMEOUT_SECONDS = 10.0
+Series = dict[tuple[str, ...], float]  # label values -> value, for one gauge
 DEAD_LETTER_STATUSES = ("parked", "released", "dead", "replayed", "discarded")
 SAGA_STATUSES = ("running", "completed", "compensated", "failed")
 
 
-def register(app: faust.App, runtime: Any) -> Collector:
+def register(app: faust.App, runtime: Runtime) -> Collector:
     """Start the collector on `app` and add its reasons to the worker's health check."""
     # Every probe consumer's assign() logs the whole subscription at INFO: once per probe.
     logging.getLogger("aiokafka.consumer.subscription_state").setLevel(logging.WARNING)
@@ -69,7 +73,7 @@ class _CollectorService(Service):
 
 
 class Collector:
-    def __init__(self, app: faust.App, runtime: Any) -> None:
+    def __init__(self, app: faust.App, runtime: Runtime) -> None:
         self.app = app
         self.runtime = runtime
         self.metrics = runtime.metrics
@@ -78,6 +82,11 @@ class Collector:
         self.kafka_problem: str | None = None
         self.pg_problem: str | None = None
         self._series: dict[Gauge, set[tuple[str, ...]]] = {}
+
+    @property
+    def recovery(self) -> Any:
+        """Faust's table recovery (typed loosely: the table manager's type hides it)."""
+        return self.app.tables.recovery  # type: ignore[attr-defined]
 
     def health_problems(self) -> list[str]:
         """Why Kafka or PostgreSQL looked unreachable to the last probe (empty when fine)."""
@@ -111,11 +120,11 @@ class Collector:
         self._publish(self.metrics.table_recovery_remaining, self._recovery_remaining())
         self.metrics.worker_ready.set(0 if health_reasons(self.app, self.runtime) else 1)
 
-    def _recovery_remaining(self) -> dict[tuple[str, ...], float]:
+    def _recovery_remaining(self) -> Series:
         """Changelog records each table has left to restore (Faust's own count; 0 when not
         restoring)."""
-        remaining = {(table.name,): 0.0 for table in self.app.tables.values()}
-        recovery = self.app.tables.recovery
+        remaining: Series = {(table.name,): 0.0 for table in self.app.tables.values()}
+        recovery = self.recovery
         if recovery.in_recovery:
             for tp, left in recovery.active_remaining().items():
                 name = recovery.tp_to_table[tp].name
@@ -168,20 +177,22 @@ class Collector:
 
     def _publish_tables(self, tables: Mapping[str, list[Any]]) -> None:
         m = self.metrics
-        advanced = {(r["projection"],): r["at"] for r in tables.get("projection_positions", [])}
+        advanced: Series = {
+            (r["projection"],): r["at"] for r in tables.get("projection_positions", [])
+        }
         self._publish(m.projection_last_advance, advanced)
         dead_rows = tables.get("dead_letters", [])
         topics = set(self._source_topics()) | {r["topic"] for r in dead_rows}
-        dead = {(t, s): 0.0 for t in topics for s in DEAD_LETTER_STATUSES}
+        dead: Series = {(t, s): 0.0 for t in topics for s in DEAD_LETTER_STATUSES}
         dead.update({(r["topic"], r["status"]): r["n"] for r in dead_rows})
         self._publish(m.dead_letters, dead)
         saga_rows = tables.get("saga_instances", [])
         sagas = {r["saga_type"] for r in saga_rows}
-        counts = {(saga, s): 0.0 for saga in sagas for s in SAGA_STATUSES}
+        counts: Series = {(saga, s): 0.0 for saga in sagas for s in SAGA_STATUSES}
         counts.update({(r["saga_type"], r["status"]): r["n"] for r in saga_rows})
         self._publish(m.saga_instances, counts)
         for gauge, column in ((m.saga_overdue, "overdue"), (m.saga_retrying, "retrying")):
-            totals = {(saga,): 0.0 for saga in sagas}
+            totals: Series = {(saga,): 0.0 for saga in sagas}
             for r in saga_rows:
                 totals[(r["saga_type"],)] += r[column]
             self._publish(gauge, totals)
@@ -220,7 +231,7 @@ class Collector:
         batches, so RocksDB alone would show a quiet standby as forever behind)."""
         if self.app.rebalancing:
             return []  # partitions are moving; their stores may be closed
-        recovery = self.app.tables.recovery
+        recovery = self.recovery
         targets = []
         for tp in sorted(recovery.active_tps | recovery.standby_tps):
             table = recovery.tp_to_table.get(tp)
@@ -242,7 +253,7 @@ class Collector:
         self._publish(m.partition_end_offset, {(r.topic, str(r.partition)): r.end for r in rows})
         m.lag_probe_timestamp.set(started)
 
-    def _publish(self, gauge: Gauge, values: Mapping[tuple[str, ...], float]) -> None:
+    def _publish(self, gauge: Gauge, values: Series) -> None:
         """Set `gauge` to exactly `values`: label sets seen before and now gone are removed."""
         for labels in self._series.get(gauge, set()) - values.keys():
             gauge.remove(*labels)
