@@ -27,7 +27,7 @@ from lendstream.app import APP_ID
 from lendstream.embedded import Broker, Postgres, free_port
 from lendstream.lag import collect_lag
 from lendstream.topics import LOAN_KEYED
-from tests.harness import Pipeline
+from tests.harness import Pipeline, WorkerProcess
 from tests.metric_names import (
     PROMETHEUS_SERIES,
     dashboard_queries,
@@ -179,14 +179,16 @@ def assert_rules_and_dashboard_use_only_exported_metrics(scrape: Scrape) -> None
 
 
 async def wait_health(
-    port: int, status: int, containing: str = "", timeout: float = 90.0
+    worker: WorkerProcess, port: int, status: int, containing: str = "", timeout: float = 90.0
 ) -> dict[str, object]:
     deadline = time.monotonic() + timeout
     while True:
         code, body = await asyncio.to_thread(http_get, f"http://127.0.0.1:{port}/health")
         if code == status and containing in body.decode(errors="replace"):
             return orjson.loads(body)  # type: ignore[no-any-return]
-        assert time.monotonic() < deadline, f"/health never {status} with {containing!r}: {body!r}"
+        if time.monotonic() > deadline:
+            raise AssertionError(f"/health never {status} with {containing!r}: {code} {body!r}\n"
+                                 f"{worker.log_tail(80)}")  # fmt: skip
         await asyncio.sleep(0.25)
 
 
@@ -198,18 +200,18 @@ async def test_health_names_the_dependency_that_is_unreachable(
     port = free_port()
     await pipeline.create_topics()
     worker = pipeline.start_worker(web_port=port, probe_interval=0.5)
-    assert await wait_health(port, 200) == {"status": "ok", "reasons": []}
+    assert await wait_health(worker, port, 200) == {"status": "ok", "reasons": []}
 
     postgres.pause()
     try:
-        body = await wait_health(port, 503, containing="PostgreSQL unreachable")
+        body = await wait_health(worker, port, 503, containing="PostgreSQL unreachable")
         assert body["status"] == "unavailable"
         assert (await fresh_scrape(port, time.time())).value("lendstream_worker_ready") == 0
     finally:
         postgres.resume()
-    await wait_health(port, 200)
+    await wait_health(worker, port, 200)
 
     broker.stop()
-    body = await wait_health(port, 503, containing="Kafka unreachable")
+    body = await wait_health(worker, port, 503, containing="Kafka unreachable")
     assert any(str(reason).startswith("Kafka unreachable") for reason in body["reasons"])  # type: ignore[attr-defined]
     worker.kill()  # a worker without its broker may not stop cleanly; nothing to keep
