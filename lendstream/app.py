@@ -16,17 +16,21 @@ from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.web import Request, Response, View
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from lendstream import kafka, observability
+from lendstream import analysts, ingest, kafka, observability
 from lendstream.agents import loans as loan_agent
+from lendstream.agents import timers
 from lendstream.agents.contiguity import ContiguityGuard
+from lendstream.domain import loans as loan_domain
+from lendstream.domain.sequencing import Evolve, Policy
 from lendstream.metrics import Metrics
 from lendstream.projections import loans as loan_projection
 from lendstream.projections.migrate import migrate
-from lendstream.projections.writer import CheckpointedWriter, stored_positions
+from lendstream.projections.writer import CheckpointedWriter
 from lendstream.recovery import FixedRecovery
+from lendstream.security import faust_broker_credentials, kafka_client_options, postgres_dsn
 from lendstream.settings import Settings
 from lendstream.tables import loans as loans_table
-from lendstream.topics import LOAN_KEYED
+from lendstream.topics import DEAD_LETTERS_TOPIC, LOAN_CONTROL, LOAN_PROCESSOR_INPUTS
 
 log = logging.getLogger(__name__)
 APP_ID = "lendstream"
@@ -46,6 +50,9 @@ class _ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
             consumer._client._bootstrap_servers,
             tps,
             {TopicPartition(tp.topic, tp.partition): v for tp, v in listed.items()},
+            client_options=faust_aiokafka.credentials_to_aiokafka_auth(
+                self.app.conf.broker_credentials
+            ),
         )
         return {tp: true_ends[TopicPartition(tp.topic, tp.partition)] for tp in partitions}
 
@@ -77,8 +84,14 @@ class Runtime:
     health_checks: list[Callable[[], list[str]]] = field(default_factory=list)
 
 
-def create_app(settings: Settings, metrics: Metrics | None = None) -> tuple[faust.App, Runtime]:
-    """A worker app for `settings` (which must name a broker and a PostgreSQL DSN)."""
+def create_app(
+    settings: Settings,
+    metrics: Metrics | None = None,
+    evolve: Evolve[loan_domain.Loan] = loan_domain.evolve,
+) -> tuple[faust.App, Runtime]:
+    """A worker app for `settings` (which must name a broker and a PostgreSQL DSN).
+
+    `evolve` is the loan fold; tests replace it to inject transient failures."""
     settings.require("kafka", "pg_dsn")
     runtime = Runtime(settings, metrics or Metrics())
     datadir = (settings.data_dir / "worker").resolve()
@@ -86,13 +99,16 @@ def create_app(settings: Settings, metrics: Metrics | None = None) -> tuple[faus
     app = LendstreamApp(
         APP_ID,
         broker=settings.kafka,
+        broker_credentials=faust_broker_credentials(settings),
         store="rocksdb://",
         datadir=str(datadir),
         topic_partitions=settings.partitions,
         topic_replication_factor=settings.replication_factor,
         topic_disable_leader=True,
+        topic_allow_declare=settings.create_topics,
         web_port=settings.web_port,
-        web_host="127.0.0.1" if settings.web_port else "0.0.0.0",
+        web_host=settings.web_host,
+        web_tables_enabled=False,  # Faust's /table/<name>/<key> would serve loan state to anyone
         web_in_thread=False,
         broker_session_timeout=settings.kafka_session_timeout,
         broker_heartbeat_interval=settings.kafka_heartbeat_interval,
@@ -105,14 +121,16 @@ def create_app(settings: Settings, metrics: Metrics | None = None) -> tuple[faus
         autodiscover=False,
     )
     topic = app.topic(
-        *[spec.name for spec in LOAN_KEYED],
+        *[spec.name for spec in LOAN_PROCESSOR_INPUTS],
         key_serializer="raw",
         value_serializer="raw",
         partitions=settings.partitions,
     )
+    control = app.topic(LOAN_CONTROL.name, key_serializer="raw", value_serializer="raw")
+    dead_letters = app.topic(DEAD_LETTERS_TOPIC, key_serializer="raw", value_serializer="raw")
     table = loans_table.declare(app, settings.partitions)
     app.tables._recovery = FixedRecovery(app, app.tables, beacon=app.tables.beacon)  # type: ignore[attr-defined]
-    writer: CheckpointedWriter[Any] = CheckpointedWriter(
+    writer: CheckpointedWriter[loan_projection.BatchRows] = CheckpointedWriter(
         pool=None,  # type: ignore[arg-type]  # set once the pool exists (on_start below)
         schema=settings.pg_schema,
         projection=loan_projection.PROJECTION,
@@ -122,19 +140,30 @@ def create_app(settings: Settings, metrics: Metrics | None = None) -> tuple[faus
     )
     runtime.writers.append(writer)
     guard = ContiguityGuard(
-        stored_positions=lambda: stored_positions(
-            writer.pool, settings.pg_schema, writer.projection
-        ),
+        stored_positions=writer.stored,
         first_offset_from=lambda topic, partition, offset: kafka.first_offset_from(
-            settings.bootstrap_servers, TopicPartition(topic, partition), offset
+            settings.bootstrap_servers,
+            TopicPartition(topic, partition),
+            offset,
+            client_options=kafka_client_options(settings),
         ),
     )
-    processor = loan_agent.LoanProcessor(table, writer, guard, runtime.metrics, settings.pg_schema)
+    policy = Policy(backoff=settings.retry_backoff, park_deadline=settings.park_deadline)
+    processor = loan_agent.LoanProcessor(
+        table, writer, guard, runtime.metrics, settings.pg_schema, evolve, policy, dead_letters
+    )
     loan_agent.register(
         app, topic, processor, settings.batch_max, settings.batch_within, runtime.ready
     )
+
+    async def send_command(loan_id: str, partition: int, value: bytes) -> None:
+        await control.send(key=loan_id.encode(), value=value, partition=partition)
+
+    timers.register(app, timers.TimerSweep(writer, settings.pg_schema, send_command), runtime.ready)
     _register_startup(app, runtime)
     _register_web(app, runtime)
+    ingest.register(app, runtime)
+    analysts.register(app, runtime)
     observability.register(app, runtime)
     return app, runtime
 
@@ -146,8 +175,10 @@ def _register_startup(app: faust.App, runtime: Runtime) -> None:
         delay = 0.5
         while runtime.pool is None:
             try:
+                # min_size=0: no connection floor for asyncpg to restore (with a stack trace in
+                # the log every few seconds) while PostgreSQL is away; the writers retry.
                 pool = await asyncpg.create_pool(
-                    settings.pg_dsn, min_size=1, max_size=settings.pg_pool_max
+                    postgres_dsn(settings), min_size=0, max_size=settings.pg_pool_max
                 )
                 async with pool.acquire() as conn:
                     await migrate(conn, settings.pg_schema)

@@ -12,8 +12,10 @@ import logging
 import sys
 from collections.abc import Callable, Sequence
 from datetime import datetime
+from typing import Any
 
 from lendstream.settings import Settings, SettingsError, load_settings
+from lendstream.topology import TopologyError
 
 
 class UserError(Exception):
@@ -30,7 +32,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         settings = load_settings()
         return int(args.handler(settings, args) or 0)
-    except (SettingsError, UserError) as exc:
+    except (SettingsError, UserError, TopologyError) as exc:
         print(f"lendstream: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
@@ -56,10 +58,20 @@ def _parser() -> argparse.ArgumentParser:
 
     command("worker", _worker, "run a worker against the configured Kafka and PostgreSQL")
 
+    _dlq_commands(sub)
+    topics = command("topics", _topics, "show (plan) or create (apply) lendstream's Kafka topics")
+    topics.add_argument("action", choices=["plan", "apply"])
+
     loan = command("loan", _loan, "show a loan now, or as of a time")
     loan.add_argument("loan_id")
     loan.add_argument("--as-of", help="RFC 3339 timestamp, e.g. 2026-03-01T12:00:00Z")
     loan.add_argument("--json", action="store_true", help="print JSON")
+
+    schema = command("schema", _schema, "event schemas as artefacts (JSON Schema, AsyncAPI)")
+    schema_sub = schema.add_subparsers(dest="schema_command", required=True)
+    export = schema_sub.add_parser("export", help="write a JSON Schema per event type and "
+                                   "version, and an AsyncAPI 3.0 document of all topics")  # fmt: skip
+    export.add_argument("--out", default="docs/schemas", help="folder (default docs/schemas)")
 
     lag = command("lag", _lag, "consumer lag per group/topic/partition; needs no worker")
     lag.add_argument("--group", action="append", help="consumer group (repeatable; default: app)")
@@ -68,6 +80,49 @@ def _parser() -> argparse.ArgumentParser:
     lag.add_argument("--watch", nargs="?", type=float, const=2.0, metavar="SECONDS",
                      help="refresh every SECONDS (default 2) until Ctrl-C")  # fmt: skip
     return parser
+
+
+def _dlq_commands(sub: Any) -> None:
+    dlq = sub.add_parser("dlq", help="dead letters: list, show, replay, discard")
+    actions = dlq.add_subparsers(dest="action", required=True)
+
+    def action(name: str, help: str) -> argparse.ArgumentParser:
+        p = actions.add_parser(name, help=help, description=help)
+        p.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
+        p.set_defaults(handler=_dlq)
+        return p
+
+    listing = action("list", "dead letters, newest first")
+    listing.add_argument(
+        "--status", choices=("parked", "released", "dead", "replayed", "discarded")
+    )
+    listing.add_argument("--topic")
+    listing.add_argument("--limit", type=int, default=50)
+    listing.add_argument("--json", action="store_true", help="print JSON")
+    show = action("show", "one dead letter, with value, headers, error and attempts")
+    show.add_argument("id")
+    show.add_argument("--json", action="store_true", help="print JSON")
+    replay = action("replay", "re-drive dead letters in their loan's order")
+    replay.add_argument("ids", nargs="*", metavar="ID")
+    replay.add_argument("--all", action="store_true", help="every dead letter with status dead")
+    replay.add_argument("--topic", help="with --all: only this topic")
+    replay.add_argument("--value-file", help="a corrected event (JSON) to apply instead")
+    replay.add_argument("--wait", type=float, default=15.0, help="seconds to wait for the result")
+    discard = action("discard", "close dead letters without applying them")
+    discard.add_argument("ids", nargs="+", metavar="ID")
+    discard.add_argument("--reason", required=True)
+    discard.add_argument("--wait", type=float, default=15.0, help="seconds to wait for the result")
+
+
+def _dlq(settings: Settings, args: argparse.Namespace) -> int:
+    from lendstream.dlq import DlqError
+    from lendstream.dlq_cli import run
+
+    try:
+        print(asyncio.run(run(settings, args)))
+    except DlqError as exc:
+        raise UserError(str(exc)) from None
+    return 0
 
 
 def _dev(settings: Settings, args: argparse.Namespace) -> int:
@@ -83,6 +138,19 @@ def _worker(settings: Settings, args: argparse.Namespace) -> int:
     return run_worker(settings)
 
 
+def _topics(settings: Settings, args: argparse.Namespace) -> int:
+    from lendstream.admin import apply_topics, plan_topics
+    from lendstream.topology import errors, format_plan
+
+    settings.require("kafka")
+    if args.action == "apply":
+        print(format_plan(asyncio.run(apply_topics(settings)), applied=True))
+        return 0
+    changes = asyncio.run(plan_topics(settings))
+    print(format_plan(changes))
+    return 1 if errors(changes) else 0
+
+
 def _loan(settings: Settings, args: argparse.Namespace) -> int:
     from lendstream.queries import format_loan, loan_as_of
 
@@ -92,6 +160,22 @@ def _loan(settings: Settings, args: argparse.Namespace) -> int:
         when = f" as of {args.as_of}" if as_of else ""
         raise UserError(f"loan {args.loan_id!r} not found{when}")
     print(format_loan(row, as_json=args.json))
+    return 0
+
+
+def _schema(settings: Settings, args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from lendstream.schemas import export
+
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {args.out!r} is a file, not a folder")
+    try:
+        written = export(out)
+    except OSError as exc:
+        raise UserError(f"cannot write to {args.out!r}: {exc.strerror or exc}") from None
+    print(f"wrote {len(written)} files to {out}")
     return 0
 
 

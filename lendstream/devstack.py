@@ -27,8 +27,9 @@ import asyncpg
 
 from lendstream.admin import ensure_topics
 from lendstream.embedded import Broker, Postgres, start_broker, start_postgres, stop_process
+from lendstream.kafka import DEV_BROKER_FILE
 from lendstream.pg import drop_schema
-from lendstream.producer import kafka_producer, produce_all
+from lendstream.producer import produce_all, settings_producer
 from lendstream.settings import Settings
 from lendstream.simulation import interleave, population
 
@@ -49,12 +50,13 @@ def run_dev(settings: Settings, simulate: bool, rate: float, seed: int) -> int:
         if settings.kafka is None:
             broker = start_broker(root / "logs")
             settings = settings.model_copy(update={"kafka": broker.url})
+            (root / DEV_BROKER_FILE).write_text(broker.url)
         if settings.pg_dsn is None:
             pg = start_postgres(root / "pg")
             settings = settings.model_copy(update={"pg_dsn": pg.dsn})
         _say(f"broker {settings.kafka}  postgres {settings.pg_dsn}")
         _reset_local_state(settings, embedded_broker=broker is not None)
-        asyncio.run(ensure_topics(settings.bootstrap_servers, settings.partitions))
+        asyncio.run(ensure_topics(settings))
         worker = _spawn_worker(settings, root / "logs" / "worker.log")
         _say(f"worker pid {worker.pid}, logs in {root / 'logs' / 'worker.log'}; Ctrl-C stops")
         asyncio.run(_supervise(settings, worker, stop, simulate, rate, seed))
@@ -68,6 +70,7 @@ def run_dev(settings: Settings, simulate: bool, rate: float, seed: int) -> int:
             pg.stop()
         if broker is not None:
             _say("stopping broker")
+            (root / DEV_BROKER_FILE).unlink(missing_ok=True)
             broker.stop()
         _say("stopped")
 
@@ -143,7 +146,7 @@ async def _supervise(
 
 async def _traffic(settings: Settings, rate: float, seed: int) -> None:
     """Produce simulated lifecycles at about `rate` events per second, batch after batch."""
-    producer = kafka_producer(settings.bootstrap_servers)
+    producer = settings_producer(settings)
     await producer.start()
     try:
         for round_no in _count():

@@ -14,15 +14,45 @@ import asyncio
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from lendstream.settings import Settings
 
 from aiokafka import AIOKafkaConsumer
 from aiokafka.structs import TopicPartition
 
 PROBE_TIMEOUT_SECONDS = 15.0
+#: Where `lendstream dev` leaves its embedded broker's URL for the other commands.
+DEV_BROKER_FILE = "broker.url"
 
 
-def _probe_consumer(bootstrap: str | list[str], max_partition_fetch_bytes: int) -> AIOKafkaConsumer:
-    """A group-less consumer for short look-ups (it never commits or joins a group)."""
+def with_broker(settings: Settings) -> Settings:
+    """`settings`, naming the running `lendstream dev` broker when `LENDSTREAM_KAFKA` is unset.
+
+    Raises `SettingsError` when there is neither.
+    """
+    from lendstream.settings import SettingsError
+
+    if settings.kafka:
+        return settings
+    dev_file = settings.data_dir.resolve() / DEV_BROKER_FILE
+    if not dev_file.exists():
+        raise SettingsError(
+            "LENDSTREAM_KAFKA is not set and no `lendstream dev` broker is running here"
+        )
+    return settings.model_copy(update={"kafka": dev_file.read_text().strip()})
+
+
+def _probe_consumer(
+    bootstrap: str | list[str],
+    max_partition_fetch_bytes: int,
+    client_options: Mapping[str, Any] | None,
+) -> AIOKafkaConsumer:
+    """A group-less consumer for short look-ups (it never commits or joins a group).
+
+    `client_options`: TLS/SASL arguments (`lendstream.security.kafka_client_options`).
+    """
     return AIOKafkaConsumer(
         bootstrap_servers=bootstrap,
         group_id=None,
@@ -31,6 +61,7 @@ def _probe_consumer(bootstrap: str | list[str], max_partition_fetch_bytes: int) 
         fetch_max_wait_ms=50,
         max_partition_fetch_bytes=max_partition_fetch_bytes,
         fetch_max_bytes=64 * 1024,
+        **(client_options or {}),
     )
 
 
@@ -39,6 +70,7 @@ async def high_watermarks(
     partitions: Iterable[TopicPartition],
     start: Mapping[TopicPartition, int] | None = None,
     timeout: float = PROBE_TIMEOUT_SECONDS,
+    client_options: Mapping[str, Any] | None = None,
 ) -> dict[TopicPartition, int]:
     """The true end offset (next offset to be written) of each partition.
 
@@ -49,7 +81,7 @@ async def high_watermarks(
     tps = list(dict.fromkeys(partitions))
     if not tps:
         return {}
-    consumer = _probe_consumer(bootstrap, max_partition_fetch_bytes=1024)
+    consumer = _probe_consumer(bootstrap, 1024, client_options)
     await consumer.start()
     try:
         consumer.assign(tps)
@@ -88,13 +120,14 @@ async def first_offset_from(
     tp: TopicPartition,
     offset: int,
     timeout: float = PROBE_TIMEOUT_SECONDS,
+    client_options: Mapping[str, Any] | None = None,
 ) -> int | None:
     """The offset of the first record at or after `offset` in `tp`, or None if there is none.
 
     Tells a real hole in a partition (records deleted by retention, transaction markers) from
     records that exist but were not delivered.
     """
-    head = (await first_records_from(bootstrap, {tp: offset}, timeout))[tp]
+    head = (await first_records_from(bootstrap, {tp: offset}, timeout, client_options))[tp]
     return head.offset if head else None
 
 
@@ -110,6 +143,7 @@ async def first_records_from(
     bootstrap: str | list[str],
     offsets: Mapping[TopicPartition, int],
     timeout: float = PROBE_TIMEOUT_SECONDS,
+    client_options: Mapping[str, Any] | None = None,
 ) -> dict[TopicPartition, RecordHead | None]:
     """The first record at or after the given offset of each partition (None if there is none
     before the high watermark), in one group-less fetch session.
@@ -119,7 +153,7 @@ async def first_records_from(
     """
     if not offsets:
         return {}
-    consumer = _probe_consumer(bootstrap, max_partition_fetch_bytes=1024)
+    consumer = _probe_consumer(bootstrap, 1024, client_options)
     await consumer.start()
     try:
         consumer.assign(list(offsets))

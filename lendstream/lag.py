@@ -43,6 +43,7 @@ import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
+from typing import Any
 
 import asyncpg
 import orjson
@@ -51,7 +52,10 @@ from aiokafka.errors import KafkaError
 from aiokafka.structs import TopicPartition
 
 from lendstream import kafka
-from lendstream.settings import Settings
+from lendstream.kafka import with_broker
+from lendstream.pg import resolve_dsn
+from lendstream.security import kafka_client_options
+from lendstream.settings import Settings, SettingsError
 
 Positions = Mapping[tuple[str, int], int]
 
@@ -119,25 +123,32 @@ def _age(timestamp_ms: int, now: float) -> float:
     return max(now - timestamp_ms / 1000.0, 0.0)
 
 
-async def measure(bootstrap: str | list[str], targets: Sequence[Target]) -> list[PartitionLag]:
+async def measure(
+    bootstrap: str | list[str],
+    targets: Sequence[Target],
+    client_options: Mapping[str, Any] | None = None,
+) -> list[PartitionLag]:
     """Lag of every target: one high-watermark fetch for all partitions, then one fetch of
-    the oldest unprocessed record of each lagging partition."""
+    the oldest unprocessed record of each lagging partition. `client_options`: TLS/SASL
+    (`lendstream.security.kafka_client_options`)."""
     tps = list(dict.fromkeys(t.tp for t in targets))
     lower: dict[TopicPartition, int] = {}
     for t in targets:
         if t.position is not None:
             lower[t.tp] = min(lower.get(t.tp, t.position), t.position)
-    ends = await kafka.high_watermarks(bootstrap, tps, lower)
+    ends = await kafka.high_watermarks(bootstrap, tps, lower, client_options=client_options)
     wanted = [
         (t.tp, t.position or 0) for t in targets if t.position is None or t.position < ends[t.tp]
     ]
-    heads = await _heads(bootstrap, wanted)
+    heads = await _heads(bootstrap, wanted, client_options)
     now = time.time()
     return [partition_lag(t, ends[t.tp], heads.get((t.tp, t.position or 0)), now) for t in targets]
 
 
 async def _heads(
-    bootstrap: str | list[str], wanted: Iterable[tuple[TopicPartition, int]]
+    bootstrap: str | list[str],
+    wanted: Iterable[tuple[TopicPartition, int]],
+    client_options: Mapping[str, Any] | None,
 ) -> dict[tuple[TopicPartition, int], kafka.RecordHead | None]:
     """First records at (partition, offset) pairs; a partition asked at two offsets (two
     groups) takes one fetch session per offset."""
@@ -149,7 +160,8 @@ async def _heads(
         free[tp] = offset
     found: dict[tuple[TopicPartition, int], kafka.RecordHead | None] = {}
     for offsets in rounds:
-        for tp, head in (await kafka.first_records_from(bootstrap, offsets)).items():
+        heads = await kafka.first_records_from(bootstrap, offsets, client_options=client_options)
+        for tp, head in heads.items():
             found[(tp, offsets[tp])] = head
     return found
 
@@ -223,8 +235,11 @@ async def collect_lag(
     named in `topics`. Needs no worker. Raises `LagUnavailable` (one line) when Kafka does not
     answer or a named topic does not exist."""
     bootstrap = settings.bootstrap_servers
+    options = kafka_client_options(settings)
     try:
-        admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=10_000)
+        admin = AIOKafkaAdminClient(
+            bootstrap_servers=bootstrap, request_timeout_ms=10_000, **options
+        )
         await admin.start()
     except (KafkaError, OSError) as exc:
         raise LagUnavailable(f"Kafka unreachable at {settings.kafka}: {exc}") from None
@@ -239,7 +254,7 @@ async def collect_lag(
             candidates = await group_targets(admin, group, existing, mine)
             keep = {t.topic for t in candidates if t.position is not None} | set(topics)
             targets += [t for t in candidates if t.topic in keep]
-        return await measure(bootstrap, targets)
+        return await measure(bootstrap, targets, options)
     except (KafkaError, OSError, TimeoutError) as exc:
         raise LagUnavailable(f"Kafka did not answer: {type(exc).__name__}: {exc}") from None
     finally:
@@ -315,11 +330,12 @@ def run_command(
 ) -> int:
     """`lendstream lag`: print once, or every `watch` seconds until interrupted.
 
-    PostgreSQL's processed positions are used for `app_group` when `LENDSTREAM_PG_DSN` is
-    set; otherwise (or when PostgreSQL fails) lag is from Kafka commits, and a note on stderr
-    says so.
+    The broker is `LENDSTREAM_KAFKA`, or the one `lendstream dev` runs here. PostgreSQL's
+    processed positions are used for `app_group` when there is a database (`LENDSTREAM_PG_DSN`
+    or `dev`'s); otherwise (or when PostgreSQL fails) lag is from Kafka commits, and a note on
+    stderr says so.
     """
-    settings.require("kafka")
+    settings = with_broker(settings)
     if logging.getLogger().getEffectiveLevel() > logging.INFO:  # not --verbose
         logging.getLogger("aiokafka").setLevel(logging.CRITICAL)  # we report failures once
     while True:
@@ -348,11 +364,14 @@ async def _measure_for_command(
 ) -> tuple[list[PartitionLag], str]:
     processed: dict[str, Positions] = {}
     note = ""
-    if settings.pg_dsn is None:
-        note = "PROCESSED unknown: LENDSTREAM_PG_DSN is not set; lag is from Kafka commits"
-    elif app_group in groups:
+    if app_group in groups:
         try:
-            processed[app_group] = await projection_positions(settings.pg_dsn, settings.pg_schema)
-        except Exception as exc:  # PostgreSQL is optional here: fall back to Kafka, say so
-            note = f"PROCESSED unknown: PostgreSQL: {type(exc).__name__}: {exc}"
+            dsn = resolve_dsn(settings)
+        except SettingsError as exc:
+            note = f"PROCESSED unknown ({exc}); lag is from Kafka commits"
+        else:
+            try:
+                processed[app_group] = await projection_positions(dsn, settings.pg_schema)
+            except Exception as exc:  # PostgreSQL is optional here: fall back to Kafka, say so
+                note = f"PROCESSED unknown: PostgreSQL: {type(exc).__name__}: {exc}"
     return await collect_lag(settings, groups, processed, topics), note

@@ -76,6 +76,18 @@ class Metrics:
             ["projection"],
             registry=r,
         )
+        self.ingest_requests = Counter(
+            PREFIX + "ingest_requests",
+            "HTTP ingest requests by topic (or 'unknown') and answer status",
+            ["topic", "status"],
+            registry=r,
+        )
+        self.ingest_events = Counter(
+            PREFIX + "ingest_events",
+            "Events in HTTP ingest requests, by outcome (produced, duplicate, invalid)",
+            ["topic", "outcome"],
+            registry=r,
+        )
         # Observability (lendstream.observability): measured by each worker every
         # LENDSTREAM_PROBE_INTERVAL, for the whole consumer group, not per message.
         self.consumer_position = Gauge(
@@ -100,6 +112,13 @@ class Metrics:
             PREFIX + "probe_failures",
             "Failed probes of the metrics collector, by target (kafka, postgres)",
             ["target"],
+            registry=r,
+        )
+        self.dead_letters_retrying = Gauge(
+            PREFIX + "dead_letters_retrying",
+            "Parked dead letters waiting for a retry after a transient failure (part of "
+            "dead_letters{status='parked'})",
+            ["topic"],
             registry=r,
         )
         self.saga_overdue = Gauge(

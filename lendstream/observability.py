@@ -6,7 +6,8 @@ loop. Every second it reads in-memory state (PostgreSQL pool usage, Faust's tabl
 readiness); every `LENDSTREAM_PROBE_INTERVAL` seconds it probes, never per message:
 
 - PostgreSQL: projection positions (the processed position of the app's group), when each
-  projection last advanced, dead letters by topic and status, saga instances by type and
+  projection last advanced, dead letters by topic and status (and the parked ones waiting for
+  a retry after a transient failure), saga instances by type and
   status (overdue and retrying too; the `saga_instances` table may be missing);
 - Kafka: the lag of the app's consumer group on every partition of every source topic
   (repartition topics included) — the whole group, not only this worker's partitions, so lag
@@ -38,7 +39,9 @@ from mode import Service
 from prometheus_client import Gauge
 
 from lendstream import lag
+from lendstream.domain.sequencing import TRANSIENT
 from lendstream.projections.writer import UNAVAILABLE
+from lendstream.security import kafka_client_options
 
 if TYPE_CHECKING:
     from lendstream.app import Runtime
@@ -79,6 +82,7 @@ class Collector:
         self.metrics = runtime.metrics
         self.settings = runtime.settings
         self.group = app.conf.id
+        self.kafka_options = kafka_client_options(runtime.settings)
         self.kafka_problem: str | None = None
         self.pg_problem: str | None = None
         self._series: dict[Gauge, set[tuple[str, ...]]] = {}
@@ -163,7 +167,9 @@ class Collector:
         queries = {
             "projection_positions": "SELECT projection, "
             "extract(epoch FROM max(updated_at))::float8 AS at FROM {t} GROUP BY projection",
-            "dead_letters": "SELECT topic, status, count(*) AS n FROM {t} GROUP BY 1, 2",
+            "dead_letters": "SELECT topic, status, count(*) AS n, "
+            f"count(*) FILTER (WHERE error_class = '{TRANSIENT}') AS retrying "
+            "FROM {t} GROUP BY 1, 2",
             "saga_instances": "SELECT saga_type, status, count(*) AS n, "
             "count(*) FILTER (WHERE status = 'running' AND deadline_at < now()) AS overdue, "
             "count(*) FILTER (WHERE status = 'running' AND last_error IS NOT NULL) AS retrying "
@@ -186,6 +192,11 @@ class Collector:
         dead: Series = {(t, s): 0.0 for t in topics for s in DEAD_LETTER_STATUSES}
         dead.update({(r["topic"], r["status"]): r["n"] for r in dead_rows})
         self._publish(m.dead_letters, dead)
+        retrying: Series = {(t,): 0.0 for t in topics}
+        for r in dead_rows:
+            if r["status"] == "parked":
+                retrying[(r["topic"],)] += r["retrying"]
+        self._publish(m.dead_letters_retrying, retrying)
         saga_rows = tables.get("saga_instances", [])
         sagas = {r["saga_type"] for r in saga_rows}
         counts: Series = {(saga, s): 0.0 for saga in sagas for s in SAGA_STATUSES}
@@ -203,7 +214,7 @@ class Collector:
         bootstrap = self.settings.bootstrap_servers
         try:
             async with asyncio.timeout(PROBE_TIMEOUT_SECONDS):
-                admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+                admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, **self.kafka_options)
                 await admin.start()
                 try:
                     targets = await lag.group_targets(
@@ -211,7 +222,8 @@ class Collector:
                     )
                 finally:
                     await admin.close()
-                rows = await lag.measure(bootstrap, targets + self._changelog_targets())
+                targets += self._changelog_targets()
+                rows = await lag.measure(bootstrap, targets, self.kafka_options)
         except (KafkaError, OSError, TimeoutError) as exc:
             self.metrics.probe_failures.labels("kafka").inc()
             self.kafka_problem = f"Kafka unreachable: {type(exc).__name__}: {exc}"

@@ -11,7 +11,9 @@ def resolve_dsn(settings: Settings) -> str:
     Raises `SettingsError` when neither exists.
     """
     if settings.pg_dsn:
-        return settings.pg_dsn
+        from lendstream.security import postgres_dsn
+
+        return postgres_dsn(settings)
     from lendstream.embedded import start_postgres
     from lendstream.settings import SettingsError
 

@@ -9,6 +9,8 @@ import orjson
 from aiokafka import AIOKafkaProducer
 from aiokafka.structs import RecordMetadata
 
+from lendstream.security import kafka_client_options
+from lendstream.settings import Settings
 from lendstream.simulation import Produced
 
 
@@ -17,6 +19,11 @@ def kafka_producer(bootstrap: str | list[str], **options: object) -> AIOKafkaPro
     config: dict[str, object] = {"acks": "all", "linger_ms": 5, "max_batch_size": 256 * 1024}
     config.update(options)
     return AIOKafkaProducer(bootstrap_servers=bootstrap, **config)  # type: ignore[arg-type]
+
+
+def settings_producer(settings: Settings, **options: object) -> AIOKafkaProducer:
+    """`kafka_producer` for the configured cluster, with its TLS/SASL settings."""
+    return kafka_producer(settings.bootstrap_servers, **kafka_client_options(settings), **options)
 
 
 async def produce_all(

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
-from pydantic import BeforeValidator, Field, ValidationError, field_validator
+from pydantic import BeforeValidator, Field, ValidationError, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from pydantic_settings import SettingsError as _SourceError
 
@@ -46,6 +46,31 @@ def parse_durations(value: Any) -> tuple[float, ...]:
 
 Duration = Annotated[float, BeforeValidator(parse_duration)]
 Durations = Annotated[tuple[float, ...], NoDecode, BeforeValidator(parse_durations)]
+
+
+def _blank_is_none(value: Any) -> Any:
+    """An empty variable (`LENDSTREAM_X=`) means unset, as in compose files and manifests."""
+    return None if isinstance(value, str) and not value.strip() else value
+
+
+def _upper(value: Any) -> Any:
+    return value.strip().upper() if isinstance(value, str) else value
+
+
+def _kafka_protocol(value: Any) -> Any:
+    return _upper(value) or "PLAINTEXT"
+
+
+def _lower(value: Any) -> Any:
+    return value.strip().lower() if isinstance(value, str) else value
+
+
+BlankIsNone = BeforeValidator(_blank_is_none)
+KafkaSecurityProtocol = Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]
+KafkaSaslMechanism = Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"]
+PgSslMode = Literal["disable", "allow", "prefer", "require", "verify-ca", "verify-full"]
+_SASL = ("SASL_PLAINTEXT", "SASL_SSL")
+_TLS = ("SSL", "SASL_SSL")
 
 _KAFKA_URL = re.compile(r"^kafka://[A-Za-z0-9_.\-\[\]:]+:\d{1,5}$")
 
@@ -84,6 +109,37 @@ class Settings(BaseSettings):
     kafka_heartbeat_interval: Duration = 1.0
     pg_pool_max: int = Field(default=4, ge=1, le=100)
     worker_name: str = Field(default="", max_length=100)
+    # Not SecretStr: `devstack.worker_env` hands settings to child processes by value.
+    ingest_token: str | None = Field(default=None, repr=False, description="ingest bearer token")
+    reader_password: str | None = Field(default=None, repr=False, description="analysts' password")
+
+    @field_validator("ingest_token", "reader_password")
+    @classmethod
+    def _empty_is_unset(cls, value: str | None) -> str | None:
+        return value or None
+
+    # Production topology and security (docs/operations.md). Unset: nothing changes.
+    web_host: str = Field(default="127.0.0.1", pattern=r"^[A-Za-z0-9_.:\-]+$")
+    create_topics: bool = True
+    min_insync_replicas: Annotated[int | None, BlankIsNone] = Field(default=None, ge=1, le=16)
+    kafka_security_protocol: Annotated[KafkaSecurityProtocol, BeforeValidator(_kafka_protocol)] = (
+        "PLAINTEXT"
+    )
+    kafka_sasl_mechanism: Annotated[
+        KafkaSaslMechanism | None, BlankIsNone, BeforeValidator(_upper)
+    ] = Field(default=None, validate_default=True)
+    kafka_sasl_username: Annotated[str | None, BlankIsNone] = Field(
+        default=None, validate_default=True
+    )
+    kafka_sasl_password: Annotated[str | None, BlankIsNone] = Field(
+        default=None, validate_default=True, repr=False
+    )
+    kafka_ssl_cafile: Annotated[Path | None, BlankIsNone] = None
+    kafka_ssl_certfile: Annotated[Path | None, BlankIsNone] = None
+    kafka_ssl_keyfile: Annotated[Path | None, BlankIsNone] = None
+    kafka_ssl_key_password: Annotated[str | None, BlankIsNone] = Field(default=None, repr=False)
+    pg_sslmode: Annotated[PgSslMode | None, BlankIsNone, BeforeValidator(_lower)] = None
+    pg_sslrootcert: Annotated[Path | None, BlankIsNone] = None
     probe_interval: Duration = 5.0  # how often a worker measures lag, dead letters, sagas
 
     @field_validator("kafka")
@@ -110,6 +166,54 @@ class Settings(BaseSettings):
             raise ValueError(f"expected an http(s):// URL, got {value!r}")
         return value.rstrip("/") if value else value
 
+    @field_validator("min_insync_replicas")
+    @classmethod
+    def _check_min_insync(cls, value: int | None, info: ValidationInfo) -> int | None:
+        replication = info.data.get("replication_factor", 1)
+        if value is not None and value > replication:
+            raise ValueError(
+                f"{value} is more than {ENV_PREFIX}REPLICATION_FACTOR ({replication}): "
+                "no write could ever succeed"
+            )
+        return value
+
+    @field_validator("kafka_sasl_mechanism", "kafka_sasl_username", "kafka_sasl_password")
+    @classmethod
+    def _check_sasl(cls, value: str | None, info: ValidationInfo) -> str | None:
+        protocol = info.data.get("kafka_security_protocol", "PLAINTEXT")
+        if protocol in _SASL and value is None and info.field_name != "kafka_sasl_mechanism":
+            raise ValueError(f"required when {ENV_PREFIX}KAFKA_SECURITY_PROTOCOL is {protocol}")
+        if protocol not in _SASL and value is not None:
+            raise ValueError(_only_with("SASL_PLAINTEXT or SASL_SSL", protocol))
+        return value
+
+    @field_validator(
+        "kafka_ssl_cafile", "kafka_ssl_certfile", "kafka_ssl_keyfile", "kafka_ssl_key_password"
+    )
+    @classmethod
+    def _check_kafka_tls(cls, value: Any, info: ValidationInfo) -> Any:
+        protocol = info.data.get("kafka_security_protocol", "PLAINTEXT")
+        if value is None:
+            return None
+        if protocol not in _TLS:
+            raise ValueError(_only_with("SSL or SASL_SSL", protocol))
+        if info.field_name in ("kafka_ssl_keyfile", "kafka_ssl_key_password") and not info.data.get(
+            "kafka_ssl_certfile"
+        ):
+            raise ValueError(f"needs {ENV_PREFIX}KAFKA_SSL_CERTFILE (the client certificate)")
+        return _existing_file(value) if isinstance(value, Path) else value
+
+    @field_validator("pg_sslrootcert")
+    @classmethod
+    def _check_pg_sslrootcert(cls, value: Path | None, info: ValidationInfo) -> Path | None:
+        mode = info.data.get("pg_sslmode")
+        if value is not None and mode in ("disable", "allow", "prefer"):
+            raise ValueError(
+                f"is not used with {ENV_PREFIX}PG_SSLMODE={mode} (use require, verify-ca or "
+                "verify-full)"
+            )
+        return None if value is None else _existing_file(value)
+
     @property
     def bootstrap_servers(self) -> list[str]:
         """`host:port` items of `kafka` (empty until a broker is configured)."""
@@ -123,6 +227,18 @@ class Settings(BaseSettings):
             if getattr(self, name) in (None, ""):
                 raise SettingsError(f"{ENV_PREFIX}{name.upper()} is required but not set")
         return self
+
+
+def _only_with(protocols: str, protocol: str) -> str:
+    return (
+        f"only applies when {ENV_PREFIX}KAFKA_SECURITY_PROTOCOL is {protocols} (it is {protocol})"
+    )
+
+
+def _existing_file(path: Path) -> Path:
+    if not path.is_file():
+        raise ValueError(f"no such file: {str(path)!r}")
+    return path
 
 
 def load_settings(**overrides: Any) -> Settings:

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import os
+import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -18,16 +20,21 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
+from aiokafka import AIOKafkaConsumer
+from aiokafka.partitioner import murmur2
+from aiokafka.structs import ConsumerRecord, TopicPartition
 
 from lendstream.admin import ensure_topics
 from lendstream.agents.batch import FAIL_STOP_EXIT_CODE
 from lendstream.devstack import worker_env
 from lendstream.embedded import free_port, stop_process
+from lendstream.kafka import high_watermarks
 from lendstream.producer import kafka_producer, produce_all
 from lendstream.projections.writer import stored_positions
 from lendstream.settings import Settings
 from lendstream.simulation import Produced
 
+WORKER = ("-m", "lendstream", "worker")
 WORKER_STOP_SECONDS = 20.0
 MAX_FAIL_STOPS = 5
 
@@ -40,6 +47,8 @@ class WorkerProcess:
     log_path: Path
     name: str = "w1"
     overrides: dict[str, Any] = field(default_factory=dict)
+    command: tuple[str, ...] = WORKER
+    settings: Settings | None = None
 
     @property
     def pid(self) -> int:
@@ -77,7 +86,11 @@ class Pipeline:
     fail_stops: int = 0
     ends: dict[tuple[str, int], int] = field(default_factory=dict)
 
-    def start_worker(self, name: str = "w1", **overrides: Any) -> WorkerProcess:
+    def start_worker(
+        self, name: str = "w1", command: tuple[str, ...] = WORKER, **overrides: Any
+    ) -> WorkerProcess:
+        """Start a worker process (`command`, by default `lendstream worker`) with its own data
+        dir and web port; `overrides` change its settings."""
         settings = self.settings.model_copy(
             update={"data_dir": self.root / name, "web_port": free_port(), **overrides}
         )
@@ -86,10 +99,10 @@ class Pipeline:
         env.update(worker_env(settings))
         with open(log_path, "ab") as out:
             proc = subprocess.Popen(
-                [sys.executable, "-m", "lendstream", "worker"],
+                [sys.executable, *command],
                 env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
             )  # fmt: skip
-        worker = WorkerProcess(proc, log_path, name, overrides)
+        worker = WorkerProcess(proc, log_path, name, overrides, command, settings)
         self.workers.append(worker)
         return worker
 
@@ -105,7 +118,7 @@ class Pipeline:
                 assert self.fail_stops <= MAX_FAIL_STOPS, (
                     f"worker keeps failing:\n{worker.log_tail()}"
                 )
-                self.workers[i] = self.start_worker(worker.name, **worker.overrides)
+                self.workers[i] = self.start_worker(worker.name, worker.command, **worker.overrides)
                 self.workers.pop()
             elif code not in (None, -signal.SIGKILL):
                 raise AssertionError(f"worker exited with {code}:\n{worker.log_tail()}")
@@ -115,13 +128,14 @@ class Pipeline:
             worker.stop()
 
     async def create_topics(self) -> None:
-        await ensure_topics(self.settings.bootstrap_servers, self.settings.partitions)
+        await ensure_topics(self.settings)
 
     async def produce(
-        self, items: Iterable[Produced | tuple[str, bytes | None, bytes | None]]
+        self, items: Iterable[Produced | tuple[str, bytes | None, bytes | None]], **options: Any
     ) -> None:
-        """Produce and remember the end offsets (to know when the worker caught up)."""
-        producer = kafka_producer(self.settings.bootstrap_servers)
+        """Produce and remember the end offsets (to know when the worker caught up);
+        `options` go to the producer (e.g. `max_request_size` for a large message)."""
+        producer = kafka_producer(self.settings.bootstrap_servers, **options)
         await producer.start()
         try:
             ends = await produce_all(producer, items)
@@ -164,3 +178,95 @@ class Pipeline:
             return [dict(r) for r in await conn.fetch(sql, *args)]
         finally:
             await conn.close()
+
+    async def wait_for(
+        self, sql: str, check: Any, timeout: float, what: str, *args: Any
+    ) -> list[dict[str, Any]]:
+        """Poll `sql` until `check(rows)` holds; fails naming `what` after `timeout` seconds."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                rows = await self.fetch(sql, *args)
+            except asyncpg.UndefinedTableError:  # the worker has not migrated the schema yet
+                rows = []
+            if check(rows):
+                return rows
+            if time.monotonic() > deadline:
+                tails = "\n\n".join(w.log_tail() for w in self.workers)
+                raise AssertionError(f"{what} not reached after {timeout}s: {rows[:8]}\n{tails}")
+            self.supervise()
+            await asyncio.sleep(0.25)
+
+    def assert_no_crash(self) -> None:
+        """No worker restarted an agent, crashed, or stopped itself because of input."""
+        assert self.fail_stops == 0, "a worker stopped itself (fail-stop)"
+        for worker in self.workers:
+            text = worker.log_path.read_text(errors="replace")
+            for sign in ("Traceback", "crashed", "restarting"):
+                assert sign not in text, (
+                    f"{sign!r} in the log of {worker.name}:\n{worker.log_tail()}"
+                )
+
+    async def wait_for_progress(self, timeout: float = 120) -> None:
+        """Wait until the stored positions move (the worker is processing) or it caught up."""
+        before = await self.positions()
+        deadline = time.monotonic() + timeout
+        while await self.positions() == before:
+            self.supervise()
+            if await self.caught_up():
+                return
+            assert time.monotonic() < deadline, "worker made no progress"
+            await asyncio.sleep(0.1)
+
+    async def crash_repeatedly(
+        self, rng: random.Random, kills: int, name: str = "w1", command: tuple[str, ...] = WORKER,
+        **overrides: Any,
+    ) -> int:  # fmt: skip
+        """SIGKILL the worker `kills` times at random moments while it works, restarting it each
+        time; every second restart comes up on a wiped data dir (a fresh machine: the table is
+        recovered from its changelog alone). Returns how many kills happened before it caught up."""
+        done = 0
+        self.start_worker(name, command, **overrides)
+        while done < kills:
+            await self.wait_for_progress()
+            if await self.caught_up():
+                break
+            await asyncio.sleep(rng.uniform(0.2, 2.0))
+            self.workers[-1].kill()
+            done += 1
+            if done % 2 == 0:
+                shutil.rmtree(self.root / name, ignore_errors=True)
+            self.start_worker(name, command, **overrides)
+        return done
+
+
+async def read_topics(
+    bootstrap: list[str], topics: Iterable[str], partitions: int, timeout: float = 60.0
+) -> list[ConsumerRecord[bytes, bytes]]:
+    """Every record now in `topics`, read with a real (group-less) consumer up to each
+    partition's high watermark; sorted by topic, partition and offset."""
+    tps = [TopicPartition(t, p) for t in topics for p in range(partitions)]
+    ends = await high_watermarks(bootstrap, tps)
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False,
+        auto_offset_reset="earliest",
+    )  # fmt: skip
+    await consumer.start()
+    records: list[ConsumerRecord[bytes, bytes]] = []
+    try:
+        consumer.assign(tps)
+        deadline = time.monotonic() + timeout
+        while [tp for tp in tps if await consumer.position(tp) < ends[tp]]:
+            assert time.monotonic() < deadline, "could not read the topics to their ends"
+            for batch in (await consumer.getmany(timeout_ms=200)).values():
+                records.extend(
+                    r for r in batch if r.offset < ends[TopicPartition(r.topic, r.partition)]
+                )
+    finally:
+        await consumer.stop()
+    return sorted(records, key=lambda r: (r.topic, r.partition, r.offset))
+
+
+def partition_of(key: bytes, partitions: int) -> int:
+    """The partition the Java client (and librdkafka's murmur2_random) picks for a key."""
+    return (murmur2(key) & 0x7FFFFFFF) % partitions

@@ -72,3 +72,22 @@ async def assert_invalid_are_dead(pipeline: Pipeline, traffic: Traffic) -> None:
         assert row["error"] and row["error_class"] and row["value"] is not None, row
     unreleased = [r["id"] for r in rows if r["status"] not in ("dead", "released")]
     assert not unreleased, unreleased[:10]
+
+
+async def explain_queue(pipeline: Pipeline, loan_id: str) -> str:
+    """A stuck loan's queue as its stored state has it, and its timer (for failure messages)."""
+    from lendstream.tables.loans import decode
+
+    rows = await pipeline.fetch("SELECT seq, state FROM loan_state WHERE loan_id = $1", loan_id)
+    timers = await pipeline.fetch("SELECT * FROM loan_timers WHERE loan_id = $1", loan_id)
+    if not rows:
+        return f"{loan_id}: no stored state; timers {timers}"
+    keyed = decode(rows[0]["state"])
+    queue = "\n".join(
+        f"  {p.id} {p.event.type if p.event else 'invalid'} {p.status} {p.error_class} "
+        f"attempts={p.attempts} retries={p.retries} retry_at={p.retry_at} needs={sorted(p.needs)} "
+        f"error={p.error}"
+        for p in keyed.queue
+    )
+    status = keyed.state.status if keyed.state else None
+    return f"{loan_id}: seq {rows[0]['seq']}, status {status}, timers {timers}\n{queue}"

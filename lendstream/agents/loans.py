@@ -1,19 +1,18 @@
-"""The loan processor: consumes the co-partitioned loan-keyed topics in batches.
+"""The loan processor: consumes the co-partitioned loan-keyed topics and `loan-control` in
+batches.
 
 Per batch: check that no message was skipped; load each loan's state from the `loans` table,
 taking PostgreSQL's copy instead where it is newer; fold each message into its loan's state with
-the pure sequencing logic; commit all resulting rows, the changed states and the Kafka
-positions in one PostgreSQL transaction; then write each touched loan once to the table and
-let Faust ack.
+the pure sequencing logic (`sequencing.handle`: events, operator commands, timers); commit all
+resulting rows, the changed states with their timers, and the Kafka positions in one PostgreSQL
+transaction; then write each touched loan once to the table, publish the batch's dead-letter
+changes to `dead-letters`, and let Faust ack.
 
 PostgreSQL's copy of the state is written atomically with the read models; the RocksDB table
-is the fast path. After a SIGKILL the table can be behind (its changelog lost writes; observed
-under the crash test with faust-streaming 0.15.3): each batch takes PostgreSQL's copy of every
-loan whose stored `seq` is higher — one small query per batch. Redelivered messages are
-duplicates for the state (by `event_id`) and idempotent for the read models.
-
-Known gap: the crash test still fails now and then (a few of ~2,500 loans end one step short,
-a parked event lost from the queue), so the two copies can still fork; see the issue note.
+is the fast path. After a SIGKILL the table can be behind (its changelog loses the writes that
+were still in the producer's buffer): each batch takes PostgreSQL's copy of every loan whose
+stored `seq` is higher — one small query per batch. Redelivered messages are duplicates for the
+state (by `event_id`, or by position while queued) and idempotent for the read models.
 """
 
 from __future__ import annotations
@@ -23,37 +22,61 @@ from dataclasses import replace
 from datetime import UTC, datetime
 
 import faust
+import orjson
 from faust.types import EventT, StreamT
 
 from lendstream.agents.batch import as_current, fail_stop, partition_ends, to_message
 from lendstream.agents.contiguity import ContiguityGuard
-from lendstream.domain.loans import Loan, evolve
-from lendstream.domain.sequencing import Applied, Dead, Duplicate, Keyed, Outcome, Parked, receive
+from lendstream.domain.loans import Loan
+from lendstream.domain.sequencing import (
+    TRANSIENT,
+    Applied,
+    Dead,
+    Duplicate,
+    Evolve,
+    Keyed,
+    Outcome,
+    Parked,
+    Policy,
+    handle,
+)
 from lendstream.metrics import Metrics
-from lendstream.projections.loans import StateSnapshot, newer_states_sql
+from lendstream.projections.loans import (
+    BatchRows,
+    LoanRows,
+    StateRow,
+    dead_letter_records,
+    newer_states_sql,
+    rows_for,
+)
 from lendstream.projections.writer import CheckpointedWriter, Item
 from lendstream.tables import loans as loans_table
-from lendstream.topics import LOAN_KEYED
+from lendstream.topics import LOAN_PROCESSOR_INPUTS
 
 log = logging.getLogger(__name__)
-SPECS = {spec.name: spec for spec in LOAN_KEYED}
-OutcomeBatch = list[Outcome[Loan]]
+SPECS = {spec.name: spec for spec in LOAN_PROCESSOR_INPUTS}
 
 
 class LoanProcessor:
     def __init__(
         self,
         table: faust.Table,
-        writer: CheckpointedWriter[OutcomeBatch | StateSnapshot],
+        writer: CheckpointedWriter[BatchRows],
         guard: ContiguityGuard,
         metrics: Metrics,
         schema: str,
+        evolve: Evolve[Loan],
+        policy: Policy,
+        dead_letters: faust.TopicT | None = None,
     ) -> None:
         self.newer_sql = newer_states_sql(schema)
         self.table = table
         self.writer = writer
         self.guard = guard
         self.metrics = metrics
+        self.evolve = evolve
+        self.policy = policy
+        self.dead_letters = dead_letters
 
     async def process(self, events: list[EventT]) -> None:
         await self.guard.check(events)
@@ -62,21 +85,28 @@ class LoanProcessor:
         last_event = {m.key: event for m, event in zip(messages, events, strict=True)}
         loaded = await self.load(last_event)
         states = dict(loaded)
-        items: list[Item[OutcomeBatch | StateSnapshot]] = []
+        outcomes: list[Outcome[Loan]] = []
         for message in messages:
-            states[message.key], outcomes = receive(states[message.key], message, evolve, now)
-            items.append(Item(message.position, outcomes))
-            self.count(outcomes)
-        snapshot = []
+            key = message.key
+            states[key], more = handle(states[key], message, self.evolve, now, self.policy)
+            outcomes.extend(more)
+        changed = []
         for key, keyed in states.items():
             if keyed != loaded[key]:
-                states[key] = replace(keyed, seq=loaded[key].seq + 1)
-                snapshot.append((key, states[key].seq, loans_table.encode(states[key])))
-        items.append(Item(messages[0].position, StateSnapshot(snapshot)))
-        await self.writer.commit(items, partition_ends(events), [m.timestamp for m in messages])
+                states[key] = keyed = replace(keyed, seq=loaded[key].seq + 1)
+                partition = last_event[key].message.partition
+                encoded = loans_table.encode(keyed)
+                changed.append(
+                    StateRow(key, keyed.seq, encoded, partition, keyed.next_due(self.policy))
+                )
+        rows = rows_for(outcomes, now)
+        batch = Item(messages[0].position, BatchRows(rows, changed))
+        await self.writer.commit([batch], partition_ends(events), [m.timestamp for m in messages])
         for key, keyed in states.items():
             with as_current(last_event[key]):
                 self.table[key.encode()] = loans_table.encode(keyed)
+        self.count(outcomes)
+        await self.publish_dead_letters(rows)
 
     async def load(self, events_by_key: dict[str, EventT]) -> dict[str, Keyed[Loan]]:
         """Each key's state: the table's, or PostgreSQL's where that one is newer."""
@@ -94,15 +124,27 @@ class LoanProcessor:
             log.warning("%d loan states were behind in the table; took PostgreSQL's", len(newer))
         return states
 
-    def count(self, outcomes: OutcomeBatch) -> None:
+    async def publish_dead_letters(self, rows: LoanRows) -> None:
+        """Every dead-letter change of the batch, on `dead-letters` (at least once; a consumer
+        dedupes by (id, status))."""
+        if self.dead_letters is None:
+            return
+        for key, record in dead_letter_records(rows):
+            value = orjson.dumps(record, default=str)
+            await self.dead_letters.send(key=key.encode() if key else None, value=value)
+
+    def count(self, outcomes: list[Outcome[Loan]]) -> None:
         for outcome in outcomes:
             if isinstance(outcome, Applied | Duplicate):
                 event, name = outcome.event, type(outcome).__name__.lower()
                 self.metrics.events.labels(outcome.position.topic, event.type, name).inc()
             elif isinstance(outcome, Parked | Dead):
-                kind = outcome.pending.event.type if outcome.pending.event else "invalid"
+                pending = outcome.pending
+                kind = pending.event.type if pending.event else "invalid"
                 status = "dead" if isinstance(outcome, Dead) else "parked"
-                self.metrics.events.labels(outcome.pending.position.topic, kind, status).inc()
+                if status == "parked" and pending.error_class == TRANSIENT:
+                    status = "retried"
+                self.metrics.events.labels(pending.position.topic, kind, status).inc()
 
 
 def register(app: faust.App, topic: faust.TopicT, processor: LoanProcessor, batch_max: int,
@@ -111,8 +153,11 @@ def register(app: faust.App, topic: faust.TopicT, processor: LoanProcessor, batc
 
     @app.agent(topic, name="loan-processor")
     async def loan_processor(stream: StreamT) -> None:
-        await ready.wait()  # type: ignore[attr-defined]
+        # Iterate the stream at once, and wait for PostgreSQL inside the loop: a stream first
+        # iterated later adds its topics to the subscription late, which makes Faust resubscribe
+        # and the group rebalance in the middle of processing.
         async for events in stream.take_events(batch_max, within=batch_within):
+            await ready.wait()  # type: ignore[attr-defined]
             try:
                 await processor.process(list(events))
             except Exception:

@@ -1,4 +1,7 @@
-"""How applying an event can fail, as the sequencing logic understands it."""
+"""How applying an event can fail, as the sequencing logic understands it (one place for all
+agents): an *invalid* message never gets this far (the codec turns it into `Invalid`); the
+rest is one of the three exceptions below.
+"""
 
 from __future__ import annotations
 
@@ -8,8 +11,14 @@ class LifecycleViolation(Exception):
 
 
 class DependencyMissing(Exception):
-    """The event came before what it depends on: parked until one of `needs` arrives."""
+    """The event came before what it depends on: parked until one of `needs` arrives, and dead
+    after the park deadline."""
 
     def __init__(self, reason: str, needs: frozenset[str]) -> None:
         super().__init__(reason)
         self.needs = needs
+
+
+class Transient(Exception):
+    """Something outside the aggregate failed in a way that may pass (an external call, a
+    timeout): retried after each backoff tier, dead once the tiers are used up."""

@@ -18,15 +18,25 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Sequence
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from dataclasses import dataclass, field, replace
+from datetime import datetime
 from typing import Any
 
 import asyncpg
 import orjson
 
 from lendstream.domain.loans import ACTIVE, Loan
-from lendstream.domain.sequencing import Applied, Dead, Duplicate, Message, Outcome, Parked, Pending
+from lendstream.domain.sequencing import (
+    Applied,
+    Dead,
+    Discarded,
+    Duplicate,
+    Message,
+    Outcome,
+    Parked,
+    Pending,
+)
+from lendstream.topics.codec import encode_event
 from lendstream.topics.envelope import Event
 
 PROJECTION = "loans"
@@ -75,6 +85,7 @@ class LoanRows:
     versions: list[Loan] = field(default_factory=list)
     applied_ids: list[str] = field(default_factory=list)
     dead_letters: list[tuple[Any, ...]] = field(default_factory=list)
+    discarded: list[tuple[str, str]] = field(default_factory=list)  # (dead letter id, reason)
 
     @property
     def summaries(self) -> list[Loan]:
@@ -95,8 +106,20 @@ def event_log_row(event: Event, outcome: Applied[Loan], recorded_at: datetime) -
     )  # fmt: skip
 
 
+#: Columns of a `dead_letters` row as `dead_letter_row` builds it, in order.
+DEAD_LETTER_COLUMNS = (
+    "id", "topic", "partition", "offset", "key", "event_id", "value", "headers", "error_class",
+    "error", "status", "first_seen_at", "last_attempt_at", "attempts", "next_attempt_at",
+    "replayed_value",
+)  # fmt: skip
+
+
 def dead_letter_row(
-    pending: Pending, status: str, message: Message | None, now: datetime
+    pending: Pending,
+    status: str,
+    message: Message | None,
+    now: datetime,
+    replayed: Event | None = None,
 ) -> tuple[Any, ...]:
     pos = pending.position
     headers = {k: v.decode("utf-8", "replace") for k, v in message.headers} if message else {}
@@ -104,8 +127,19 @@ def dead_letter_row(
     return (
         pending.id, pos.topic, pos.partition, pos.offset, key, pending.event_id,
         message.raw if message else None, orjson.dumps(headers).decode(), pending.error_class,
-        pending.error, status, pending.since, now,
+        pending.error, status, pending.since, now, pending.attempts, pending.retry_at,
+        encode_event(replayed) if replayed is not None else None,
     )  # fmt: skip
+
+
+def _released_row(outcome: Applied[Loan] | Duplicate, now: datetime) -> tuple[Any, ...]:
+    """The dead-letter row of a queued message that has now been applied (or was a duplicate)."""
+    released = outcome.released
+    assert released is not None
+    released = replace(released, attempts=released.attempts + 1)  # the one that succeeded
+    if released.replayed:
+        return dead_letter_row(released, "replayed", None, now, outcome.event)
+    return dead_letter_row(released, "released", None, now)
 
 
 def rows_for(outcomes: Sequence[Outcome[Loan]], now: datetime) -> LoanRows:
@@ -119,11 +153,35 @@ def rows_for(outcomes: Sequence[Outcome[Loan]], now: datetime) -> LoanRows:
             if before is None or after.version != before.version:
                 rows.versions.append(after)
         if isinstance(outcome, Applied | Duplicate) and outcome.released is not None:
-            rows.dead_letters.append(dead_letter_row(outcome.released, "released", None, now))
+            rows.dead_letters.append(_released_row(outcome, now))
         elif isinstance(outcome, Parked | Dead):
             status = "dead" if isinstance(outcome, Dead) else "parked"
             rows.dead_letters.append(dead_letter_row(outcome.pending, status, outcome.message, now))
+        elif isinstance(outcome, Discarded):
+            rows.discarded.append((outcome.dead_letter_id, outcome.reason))
     return rows
+
+
+#: Larger values are left out of `dead-letters` records (the read model keeps them whole).
+MAX_RECORD_VALUE_BYTES = 64 * 1024
+
+
+def dead_letter_records(rows: LoanRows) -> list[tuple[str | None, dict[str, Any]]]:
+    """What a batch changed in `dead_letters`, as (key, JSON-ready record) for the
+    `dead-letters` topic; a discard is a record with just the id, status and reason (pure)."""
+    records: list[tuple[str | None, dict[str, Any]]] = []
+    for row in rows.dead_letters:
+        record = dict(zip(DEAD_LETTER_COLUMNS, row, strict=True))
+        for name in ("value", "replayed_value"):
+            raw = record[name]
+            if raw is not None and len(raw) > MAX_RECORD_VALUE_BYTES:
+                record[f"{name}_bytes"], raw = len(raw), None  # the full value is in PostgreSQL
+            record[name] = raw.decode("utf-8", "replace") if raw is not None else None
+        record["headers"] = orjson.loads(record["headers"])
+        records.append((record["key"], record))
+    for dead_letter_id, reason in rows.discarded:
+        records.append((None, {"id": dead_letter_id, "status": "discarded", "reason": reason}))
+    return records
 
 
 def exposure_deltas(
@@ -152,10 +210,22 @@ def exposure_deltas(
 
 
 @dataclass(frozen=True)
-class StateSnapshot:
-    """The loans a batch changed, as (loan_id, seq, encoded state), stored with its rows."""
+class StateRow:
+    """One loan a batch changed: its new state, and its timer (None: nothing due)."""
 
-    rows: list[tuple[str, int, bytes]]
+    loan_id: str
+    seq: int
+    state: bytes
+    partition: int
+    due_at: datetime | None
+
+
+@dataclass(frozen=True)
+class BatchRows:
+    """Everything a batch of the loan processor writes, in one transaction."""
+
+    rows: LoanRows
+    states: list[StateRow]
 
 
 def make_apply(schema: str) -> Any:
@@ -195,12 +265,19 @@ def make_apply(schema: str) -> Any:
     )
     sql_dead_letter = (
         f'INSERT INTO {s}.dead_letters AS d (id, topic, partition, "offset", key, event_id, '
-        "value, headers, error_class, error, status, first_seen_at, last_attempt_at) "
-        "VALUES ($1,$2,$3,$4,$5,$6,$7,$8::jsonb,$9,$10,$11,$12,$13) "
+        "value, headers, error_class, error, status, first_seen_at, last_attempt_at, attempts, "
+        "next_attempt_at, replayed_value) "
+        "VALUES ($1,$2,$3,$4,$5,$6,$7,$8::jsonb,$9,$10,$11,$12,$13,$14,$15,$16) "
         "ON CONFLICT (id) DO UPDATE SET status = excluded.status, "
         "error_class = excluded.error_class, error = excluded.error, "
-        "attempts = d.attempts + 1, last_attempt_at = excluded.last_attempt_at "
+        "attempts = greatest(d.attempts, excluded.attempts), "
+        "last_attempt_at = excluded.last_attempt_at, next_attempt_at = excluded.next_attempt_at, "
+        "replayed_value = coalesce(excluded.replayed_value, d.replayed_value) "
         "WHERE d.status IN ('parked', 'dead')"
+    )
+    sql_discard = (
+        f"UPDATE {s}.dead_letters SET status = 'discarded', reason = $2, next_attempt_at = NULL, "
+        "last_attempt_at = now() WHERE id = $1 AND status IN ('parked', 'dead')"
     )
     sql_release_applied = (
         f"UPDATE {s}.dead_letters SET status = 'released', last_attempt_at = now() "
@@ -217,16 +294,35 @@ def make_apply(schema: str) -> Any:
         "ON CONFLICT (loan_id) DO UPDATE SET seq = excluded.seq, state = excluded.state, "
         "updated_at = now() WHERE l.seq < excluded.seq"
     )
+    sql_set_timers = (
+        f"INSERT INTO {s}.loan_timers AS t (loan_id, partition, due_at) "
+        "SELECT * FROM unnest($1::text[], $2::int[], $3::timestamptz[]) "
+        "ON CONFLICT (loan_id) DO UPDATE SET partition = excluded.partition, due_at = excluded.due_at"
+    )
+    sql_clear_timers = f"DELETE FROM {s}.loan_timers WHERE loan_id = ANY($1::text[])"
 
-    async def apply(
-        conn: asyncpg.Connection, payloads: Sequence[Sequence[Outcome[Loan]] | StateSnapshot]
-    ) -> None:
-        for snapshot in payloads:
-            if isinstance(snapshot, StateSnapshot) and snapshot.rows:
-                ids, seqs, states = zip(*sorted(snapshot.rows), strict=True)
-                await conn.execute(sql_state, list(ids), list(seqs), list(states))
-        outcomes = [o for batch in payloads if not isinstance(batch, StateSnapshot) for o in batch]
-        rows = rows_for(outcomes, datetime.now(UTC))
+    async def apply_states(conn: asyncpg.Connection, states: Sequence[StateRow]) -> None:
+        if not states:
+            return
+        ordered = sorted(states, key=lambda r: r.loan_id)
+        await conn.execute(
+            sql_state, [r.loan_id for r in ordered], [r.seq for r in ordered],
+            [r.state for r in ordered],
+        )  # fmt: skip
+        timed = [r for r in ordered if r.due_at is not None]
+        await conn.execute(sql_clear_timers, [r.loan_id for r in ordered if r.due_at is None])
+        if timed:
+            await conn.execute(
+                sql_set_timers, [r.loan_id for r in timed], [r.partition for r in timed],
+                [r.due_at for r in timed],
+            )  # fmt: skip
+
+    async def apply(conn: asyncpg.Connection, payloads: Sequence[BatchRows]) -> None:
+        for batch in payloads:
+            await apply_states(conn, batch.states)
+            await apply_rows(conn, batch.rows)
+
+    async def apply_rows(conn: asyncpg.Connection, rows: LoanRows) -> None:
         if rows.event_log:
             await conn.executemany(sql_event_log, rows.event_log)
         if rows.versions:
@@ -252,6 +348,8 @@ def make_apply(schema: str) -> Any:
             await conn.executemany(sql_dead_letter, rows.dead_letters)
         if rows.applied_ids:
             await conn.execute(sql_release_applied, rows.applied_ids)
+        if rows.discarded:
+            await conn.executemany(sql_discard, rows.discarded)
 
     return apply
 
@@ -266,4 +364,12 @@ def newer_states_sql(schema: str) -> str:
         f'SELECT l.loan_id, l.state FROM "{schema}".loan_state l '
         "JOIN unnest($1::text[], $2::bigint[]) AS t(loan_id, seq) ON l.loan_id = t.loan_id "
         "WHERE l.seq > t.seq"
+    )
+
+
+def due_timers_sql(schema: str) -> str:
+    """Loans of the given partitions ($1) whose timer is due at $2, oldest first, at most $3."""
+    return (
+        f'SELECT loan_id, partition, due_at FROM "{schema}".loan_timers '
+        "WHERE partition = ANY($1::int[]) AND due_at <= $2 ORDER BY due_at LIMIT $3"
     )

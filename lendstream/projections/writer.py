@@ -100,6 +100,12 @@ class CheckpointedWriter(Generic[T]):
         """A read for the batch in progress, retried like `commit` while PostgreSQL is away."""
         return await self._retrying(lambda: self.pool.fetch(sql, *args))
 
+    async def stored(self) -> dict[tuple[str, int], int]:
+        """This projection's stored positions, retried like `commit` while PostgreSQL is away."""
+        return await self._retrying(
+            lambda: stored_positions(self.pool, self.schema, self.projection)
+        )
+
     async def _retrying(self, attempt: Callable[[], Awaitable[R]]) -> R:
         delay = RETRY_INITIAL_SECONDS
         while True:

@@ -71,6 +71,11 @@ def _pending_to_json(p: Pending) -> dict[str, Any]:
         "error": p.error,
         "since": p.since,
         "needs": sorted(p.needs),
+        "attempts": p.attempts,
+        "retries": p.retries,
+        "retry_at": p.retry_at,
+        "replayed": p.replayed,
+        "parked_at": p.parked_at,
     }
 
 
@@ -90,4 +95,9 @@ def _pending_from_json(obj: dict[str, Any]) -> Pending:
         error=obj["error"],
         since=datetime.fromisoformat(obj["since"]),
         needs=frozenset(obj["needs"]),
+        attempts=obj.get("attempts", 1),
+        retries=obj.get("retries", 0),
+        retry_at=datetime.fromisoformat(obj["retry_at"]) if obj.get("retry_at") else None,
+        replayed=obj.get("replayed", False),
+        parked_at=datetime.fromisoformat(obj["parked_at"]) if obj.get("parked_at") else None,
     )

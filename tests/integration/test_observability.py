@@ -26,9 +26,8 @@ import pytest
 from lendstream.app import APP_ID
 from lendstream.embedded import Broker, Postgres, free_port
 from lendstream.lag import collect_lag
-from lendstream.topics import LOAN_KEYED
-from tests.harness import Pipeline, WorkerProcess
-from tests.metric_names import (
+from lendstream.topics import LOAN_KEYED, LOAN_PROCESSOR_INPUTS
+from tests.deploy.metric_names import (
     PROMETHEUS_SERIES,
     dashboard_queries,
     exported_names,
@@ -36,6 +35,7 @@ from tests.metric_names import (
     promql_metric_names,
     recorded_names,
 )
+from tests.harness import Pipeline, WorkerProcess
 from tests.scrape import Scrape, fresh_scrape, http_get
 from tests.traffic import build
 
@@ -64,7 +64,8 @@ async def freeze(pipeline: Pipeline) -> asyncpg.Connection:
     schema = pipeline.settings.pg_schema
     conn = await asyncpg.connect(pipeline.settings.pg_dsn)
     await conn.execute("BEGIN")
-    rows = [(t, p) for t in LOAN_TOPICS for p in range(pipeline.settings.partitions)]
+    inputs = [spec.name for spec in LOAN_PROCESSOR_INPUTS]  # control commands too
+    rows = [(t, p) for t in inputs for p in range(pipeline.settings.partitions)]
     await conn.executemany(
         f'INSERT INTO "{schema}".projection_positions (projection, topic, partition, "offset") '
         "VALUES ('loans', $1, $2, -1) ON CONFLICT DO NOTHING",

@@ -31,8 +31,15 @@ def value(registry: CollectorRegistry, name: str, **labels: str) -> float | None
 
 def test_dead_letters_are_zero_filled_for_every_source_topic_and_status() -> None:
     c, r = collector()
-    c._publish_tables({"dead_letters": [{"topic": "payment-events", "status": "dead", "n": 3}]})
+    rows = [
+        {"topic": "payment-events", "status": "dead", "n": 3, "retrying": 0},
+        {"topic": "payment-events", "status": "parked", "n": 5, "retrying": 2},
+    ]
+    c._publish_tables({"dead_letters": rows})
     assert value(r, "lendstream_dead_letters", topic="payment-events", status="dead") == 3
+    assert value(r, "lendstream_dead_letters", topic="payment-events", status="parked") == 5
+    assert value(r, "lendstream_dead_letters_retrying", topic="payment-events") == 2
+    assert value(r, "lendstream_dead_letters_retrying", topic="loan-events") == 0
     assert value(r, "lendstream_dead_letters", topic="loan-events", status="dead") == 0
     assert value(r, "lendstream_dead_letters", topic="loan-events", status="parked") == 0
     changelog = value(r, "lendstream_dead_letters", topic="lendstream-loans-changelog",

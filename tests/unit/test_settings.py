@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from lendstream.devstack import worker_env
 from lendstream.settings import SettingsError, load_settings, parse_duration
 
 
@@ -182,3 +183,22 @@ def test_require_names_the_first_missing_of_several(monkeypatch: pytest.MonkeyPa
     monkeypatch.setenv("LENDSTREAM_KAFKA", "kafka://localhost:9092")
     with pytest.raises(SettingsError, match=r"^LENDSTREAM_PG_DSN "):
         load_settings().require("kafka", "pg_dsn")
+
+
+def test_secrets_are_unset_by_default_and_an_empty_value_is_unset(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    assert (load_settings().ingest_token, load_settings().reader_password) == (None, None)
+    monkeypatch.setenv("LENDSTREAM_INGEST_TOKEN", "")
+    monkeypatch.setenv("LENDSTREAM_READER_PASSWORD", "")
+    assert (load_settings().ingest_token, load_settings().reader_password) == (None, None)
+
+
+def test_secrets_reach_the_worker_but_not_a_repr(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LENDSTREAM_INGEST_TOKEN", "tok-123")
+    monkeypatch.setenv("LENDSTREAM_READER_PASSWORD", "pw-456")
+    settings = load_settings()
+    assert "tok-123" not in repr(settings) and "pw-456" not in repr(settings)
+    env = worker_env(settings)
+    assert env["LENDSTREAM_INGEST_TOKEN"] == "tok-123"
+    assert env["LENDSTREAM_READER_PASSWORD"] == "pw-456"

@@ -14,8 +14,17 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from lendstream.domain.loans import Loan, LoanStatus, evolve, total_due
-from lendstream.domain.sequencing import Keyed, Message, Position, receive
+from lendstream.domain.sequencing import (
+    Keyed,
+    Message,
+    Policy,
+    Position,
+    fire_timers,
+    handle,
+    receive,
+)
 from lendstream.topics import Event
+from tests.faults import FlakyEvolve
 from tests.unit.domain.factories import NOW, T0, make, payout_id
 
 S = LoanStatus
@@ -255,3 +264,39 @@ def test_interleaving_and_redelivery_together_end_in_the_same_state(
     shuffled = data.draw(topic_interleavings(stream), label="interleaving")
     cut = data.draw(st.integers(0, len(shuffled)), label="prefix")
     assert run(shuffled[:cut] + shuffled) == run(stream)
+
+
+@PROPERTY
+@given(merged(max_loans=2), st.data())
+def test_transient_failures_and_timers_anywhere_end_in_the_same_state(
+    generated: tuple[list[Lifecycle], list[tuple[str, Event]]], data: st.DataObject
+) -> None:
+    """(d) Any interleaving, with chosen events failing transiently once or twice and the
+    timers firing at any moment: once every retry has been made, the loans end as their causal
+    lifecycles say (nothing reordered, nothing lost)."""
+    loans, stream = generated
+    shuffled = data.draw(topic_interleavings(stream), label="interleaving")
+    ids = sorted({event.event_id for _, event in stream})
+    failing = data.draw(
+        st.dictionaries(st.sampled_from(ids), st.integers(1, 2), max_size=4), label="failing"
+    )
+    flaky = FlakyEvolve(evolve, failing)
+    policy = Policy(backoff=(1.0, 1.0, 1.0))
+    states: dict[str, Keyed[Loan]] = {}
+    now = NOW
+
+    def fire_all() -> None:
+        for key, keyed in states.items():
+            states[key], _ = fire_timers(keyed, flaky, now, policy)
+
+    for message in to_messages(shuffled):
+        states[message.key], _ = handle(
+            states.get(message.key, Keyed()), message, flaky, now, policy
+        )
+        now += timedelta(seconds=data.draw(st.sampled_from([0.0, 0.0, 0.5, 1.0]), label="wait"))
+        if data.draw(st.booleans(), label="timers fire"):
+            fire_all()
+    for _ in range(3 * policy.max_attempts):
+        now += timedelta(seconds=1)
+        fire_all()
+    check_expected(loans, states)

@@ -10,6 +10,7 @@ from lendstream.domain.loans import Loan, LoanStatus, evolve
 from lendstream.domain.sequencing import (
     Applied,
     Dead,
+    Discarded,
     Duplicate,
     Keyed,
     Message,
@@ -17,9 +18,9 @@ from lendstream.domain.sequencing import (
     Parked,
     Pending,
     Position,
-    drop_head,
+    discard,
     receive,
-    release_head,
+    replay,
 )
 from lendstream.topics import Event, Invalid
 from tests.unit.domain.factories import (
@@ -55,6 +56,26 @@ def kinds(outcomes: list[Outcome[Loan]]) -> list[tuple[str, str]]:
             event = outcome.pending.event
             result.append((type(outcome).__name__, event.type if event else "invalid"))
     return result
+
+
+def release_head(
+    keyed: Keyed[Loan], evolve_: object, now: object, replacement: Event | None = None
+) -> tuple[Keyed[Loan], list[Outcome[Loan]]]:
+    """Operator replay of the head (optionally with a corrected event)."""
+    head_id = keyed.queue[0].id if keyed.queue else "nothing-queued"
+    value = replacement.model_dump(mode="json") if replacement else None
+    key = replacement.key if replacement else None
+    return replay(keyed, head_id, evolve, NOW, value=value, key=key)
+
+
+def drop_head(
+    keyed: Keyed[Loan], evolve_: object, now: object
+) -> tuple[Keyed[Loan], list[Outcome[Loan]]]:
+    """Operator discard of the head; the `Discarded` outcome comes first and is checked here."""
+    head_id = keyed.queue[0].id if keyed.queue else "nothing-queued"
+    after, outcomes = discard(keyed, head_id, "test", evolve, NOW)
+    assert outcomes[0] == Discarded(head_id, "test")
+    return after, outcomes[1:]
 
 
 def queue_types(keyed: Keyed[Loan]) -> list[tuple[str, str, str]]:
@@ -360,7 +381,8 @@ def test_release_head_with_a_replacement_applies_it_then_the_queue_in_order() ->
     assert kinds(outcomes) == [("Applied", "LoanApproved")] + [("Applied", e.type) for e in later]
     first = outcomes[0]
     assert isinstance(first, Applied)
-    assert first.released == head and first.position == head.position
+    assert first.released is not None and first.released.id == head.id and first.released.replayed
+    assert first.position == head.position
     assert keyed.queue == ()
     assert fixed.event_id in keyed.applied
     assert head.event_id not in keyed.applied
@@ -613,3 +635,16 @@ def test_dead_outcome_carries_the_incoming_message() -> None:
 def test_make_builds_strict_events() -> None:
     event = make("LoanRejected", {"reason": "r"}, "L9", at(1), "id-1", correlation_id="c1")
     assert (event.key, event.event_id, event.correlation_id) == ("L9", "id-1", "c1")
+
+
+def test_a_supplier_that_cannot_apply_yet_does_not_stop_the_next_supplier() -> None:
+    """Found by the crash test: a repayment, the payout, the approval and then the application
+    of an unknown loan arrive in that order (three topics). The payout is the first supplier of
+    the parked repayment but needs the approval, which comes after it in the queue."""
+    f = Feed()
+    events = [applied(when=at(0)), approved(when=at(1)), paid_out(when=at(2)),
+              repayment(amount=1_000, when=at(3))]  # fmt: skip
+    arrival = [events[3], events[2], events[1], events[0]]
+    keyed, _ = feed(EMPTY, [f.message(e) for e in arrival])
+    assert keyed.queue == ()
+    assert keyed.state == fold(events)

@@ -3,7 +3,7 @@
 The rules are the real file with two changes derived from it (not rewritten by hand): the lag
 alert's threshold becomes 2 seconds and its `for:` 2 seconds, and WorkerDown's `for:` 1 second,
 so that they fire within the test. promtool tests the real file unchanged
-(tests/unit/deploy/test_prometheus_rules.py).
+(tests/deploy/test_prometheus_rules.py).
 
 One worker is stopped (SIGSTOP) while a burst arrives. Its partitions wait (the session timeout
 is long, so the group does not move them), and the other worker — which exports the lag of the
@@ -26,9 +26,9 @@ import pytest
 import yaml
 
 from lendstream.embedded import free_port
+from tests.deploy.metric_names import RULES
+from tests.deploy.prometheus_server import PrometheusServer, start_prometheus
 from tests.harness import Pipeline, WorkerProcess
-from tests.metric_names import RULES
-from tests.prometheus_server import PrometheusServer, start_prometheus
 from tests.scrape import http_get, scrape
 from tests.traffic import build
 

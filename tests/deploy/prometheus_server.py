@@ -15,7 +15,7 @@ import orjson
 import yaml
 
 from lendstream.embedded import free_port, stop_process, wait_for_port
-from tests.debian import ensure_binary
+from tests.deploy.tools import apt_tool
 from tests.scrape import http_get
 
 
@@ -49,7 +49,7 @@ class PrometheusServer:
 def start_prometheus(root: Path, targets: list[str], rules: Path,
                      interval: str = "1s") -> PrometheusServer:  # fmt: skip
     """Scrape `targets` as job "lendstream" every `interval` and evaluate `rules` as often."""
-    binary = ensure_binary("prometheus", "prometheus")
+    binary = apt_tool("prometheus", "prometheus")
     root.mkdir(parents=True)
     config = {
         "global": {"scrape_interval": interval, "scrape_timeout": interval,

@@ -11,8 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.debian import ensure_binary
-from tests.metric_names import (
+from tests.deploy.metric_names import (
     DASHBOARD,
     PROMETHEUS_SERIES,
     code_metric_families,
@@ -20,6 +19,7 @@ from tests.metric_names import (
     exported_names,
     promql_metric_names,
 )
+from tests.deploy.tools import apt_tool
 
 pytestmark = pytest.mark.timeout(600)
 PROVISIONING = DASHBOARD.parents[1] / "provisioning"
@@ -64,7 +64,7 @@ def test_the_dashboard_shows_what_the_issue_asks_for() -> None:
 
 def test_every_panel_query_is_valid_promql(tmp_path: Path) -> None:
     """promtool parses each query (Grafana variables substituted) as a recording rule."""
-    promtool = ensure_binary("promtool", "prometheus")
+    promtool = apt_tool("promtool", "prometheus")
     rules = [
         {"record": f"dashboard:query_{n}", "expr": _substitute(query)}
         for n, (_, query) in enumerate(dashboard_queries())

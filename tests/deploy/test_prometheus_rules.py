@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.debian import ensure_binary
-from tests.metric_names import (
+from tests.deploy.metric_names import (
     PROMETHEUS_SERIES,
+    ROOT,
     RULE_TESTS,
     RULES,
     SCRAPE_CONFIG,
@@ -21,13 +21,14 @@ from tests.metric_names import (
     promql_metric_names,
     recorded_names,
 )
+from tests.deploy.tools import apt_tool
 
 pytestmark = pytest.mark.timeout(600)
 
 
 @pytest.fixture(scope="module")
 def promtool() -> str:
-    return ensure_binary("promtool", "prometheus")
+    return apt_tool("promtool", "prometheus")
 
 
 def run(promtool: str, *args: str, cwd: Path | None = None) -> None:
@@ -53,7 +54,7 @@ def test_every_alert_has_a_unit_test_where_it_fires_and_a_runbook_entry() -> Non
              for case in test["alert_rule_test"]]  # fmt: skip
     fired = {case["alertname"] for case in cases if case["exp_alerts"]}
     assert alerts <= fired, f"alerts no promtool test sees firing: {sorted(alerts - fired)}"
-    runbook = (RULES.parents[2] / "docs" / "runbook.md").read_text()
+    runbook = (ROOT / "docs" / "runbook.md").read_text()
     for alert in alerts:
         assert f"## {alert}" in runbook, f"{alert} has no section in docs/runbook.md"
     for rule in load_rules():

@@ -20,8 +20,8 @@ from prometheus_client.metrics_core import Metric
 
 from lendstream.metrics import Metrics
 
-ROOT = Path(__file__).resolve().parent.parent
-RULES = ROOT / "deploy" / "prometheus" / "alerts.yml"
+ROOT = Path(__file__).resolve().parents[2]
+RULES = ROOT / "deploy" / "prometheus" / "rules" / "alerts.yml"
 RULE_TESTS = ROOT / "deploy" / "prometheus" / "tests" / "alerts_test.yml"
 SCRAPE_CONFIG = ROOT / "deploy" / "prometheus" / "prometheus.yml"
 DASHBOARD = ROOT / "deploy" / "grafana" / "dashboards" / "lendstream.json"
