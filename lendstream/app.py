@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -19,7 +20,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from lendstream import analysts, ingest, kafka, observability
 from lendstream.agents import loans as loan_agent
 from lendstream.agents import timers
-from lendstream.agents.contiguity import ContiguityGuard
+from lendstream.agents.batch import fail_stop
+from lendstream.agents.contiguity import ContiguityGuard, StallWatch
 from lendstream.domain import loans as loan_domain
 from lendstream.domain.sequencing import Evolve, Policy
 from lendstream.metrics import Metrics
@@ -97,7 +99,7 @@ def create_app(
     datadir = (settings.data_dir / "worker").resolve()
     datadir.mkdir(parents=True, exist_ok=True)
     app = LendstreamApp(
-        APP_ID,
+        settings.app_id,
         broker=settings.kafka,
         broker_credentials=faust_broker_credentials(settings),
         store="rocksdb://",
@@ -149,6 +151,7 @@ def create_app(
         ),
     )
     policy = Policy(backoff=settings.retry_backoff, park_deadline=settings.park_deadline)
+    _watch_for_stalls(app, runtime, writer, settings, guard)
     processor = loan_agent.LoanProcessor(
         table, writer, guard, runtime.metrics, settings.pg_schema, evolve, policy, dead_letters
     )
@@ -166,6 +169,49 @@ def create_app(
     analysts.register(app, runtime)
     observability.register(app, runtime)
     return app, runtime
+
+
+STALL_PATIENCE_SECONDS = 60.0
+STALL_CHECK_SECONDS = 10.0
+
+
+def _watch_for_stalls(
+    app: faust.App,
+    runtime: Runtime,
+    writer: CheckpointedWriter[Any],
+    settings: Settings,
+    guard: ContiguityGuard,
+) -> None:
+    """Fail-stop when a source partition has records that are never delivered (`StallWatch`)."""
+    watch = StallWatch(STALL_PATIENCE_SECONDS)
+    sources = {spec.name for spec in LOAN_PROCESSOR_INPUTS}
+
+    @app.timer(interval=STALL_CHECK_SECONDS, name="stall-watch")
+    async def watch_for_stalls() -> None:
+        recovered = app.tables.recovery.completed.is_set()  # type: ignore[attr-defined]
+        if not runtime.ready.is_set() or not recovered or app.rebalancing or not writer.healthy:
+            watch.since.clear()
+            return
+        owned = [tp for tp in app.consumer.assignment() if tp.topic in sources]
+        try:
+            ends = await kafka.high_watermarks(
+                settings.bootstrap_servers,
+                [TopicPartition(tp.topic, tp.partition) for tp in owned],
+                client_options=kafka_client_options(settings),
+            )
+            positions = await writer.stored()
+        except (TimeoutError, OSError) as exc:
+            log.debug("stall watch skipped: %s", exc)
+            return
+        by_tp = {(tp.topic, tp.partition): end for tp, end in ends.items()}
+        for topic, partition in watch.check(positions, by_tp, time.monotonic()):
+            position = positions.get((topic, partition), -1)
+            if await guard.first_offset_from(topic, partition, position + 1) is not None:
+                fail_stop(
+                    "stall watch",
+                    f"{topic}[{partition}] has records after offset {position} that were not "
+                    f"delivered for {STALL_PATIENCE_SECONDS:g}s",
+                )
 
 
 def _register_startup(app: faust.App, runtime: Runtime) -> None:

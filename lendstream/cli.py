@@ -58,9 +58,24 @@ def _parser() -> argparse.ArgumentParser:
 
     command("worker", _worker, "run a worker against the configured Kafka and PostgreSQL")
 
+    gateway = command("gateway-sim", _gateway_sim, "run the payout gateway simulator")
+    gateway.add_argument("--host", default="0.0.0.0", help="interface (default: all)")
+    gateway.add_argument("--port", type=int, default=8080)
+    gateway.add_argument("--transient-rate", type=float, default=0.0, help="0..1 per request")
+    gateway.add_argument("--permanent-rate", type=float, default=0.0, help="0..1 per request")
+    gateway.add_argument("--seed", type=int, default=1)
+    gateway.add_argument("--hang-seconds", type=float, default=30.0, help="a timeout's hang")
+
     _dlq_commands(sub)
     topics = command("topics", _topics, "show (plan) or create (apply) lendstream's Kafka topics")
     topics.add_argument("action", choices=["plan", "apply"])
+    sim = command("simulate", _simulate, "produce traffic from a simulated customer population")
+    sim.add_argument("--dau", type=int, required=True, help="daily active customers")
+    sim.add_argument("--duration", type=float, help="seconds to produce for (paced mode)")
+    sim.add_argument("--rate", type=float, default=1000.0, help="events per second (paced)")
+    sim.add_argument("--seed", type=int, default=1)
+    sim.add_argument("--backlog", type=int, metavar="COUNT",
+                     help="produce COUNT events as fast as possible, then exit")  # fmt: skip
 
     loan = command("loan", _loan, "show a loan now, or as of a time")
     loan.add_argument("loan_id")
@@ -73,8 +88,16 @@ def _parser() -> argparse.ArgumentParser:
                                    "version, and an AsyncAPI 3.0 document of all topics")  # fmt: skip
     export.add_argument("--out", default="docs/schemas", help="folder (default docs/schemas)")
 
+    projections = command("projections", _projections, "read-model maintenance")
+    projections_sub = projections.add_subparsers(dest="projections_command", required=True)
+    rebuild = projections_sub.add_parser(
+        "rebuild", help="rebuild a projection's tables from the retained topics, then swap "
+        "them in atomically (the live tables stay readable)")  # fmt: skip
+    rebuild.add_argument("name", nargs="?", help="loans (default) or one of its tables")
+
     lag = command("lag", _lag, "consumer lag per group/topic/partition; needs no worker")
-    lag.add_argument("--group", action="append", help="consumer group (repeatable; default: app)")
+    lag.add_argument("--group", action="append",
+                     help="consumer group (repeatable; default LENDSTREAM_APP_ID)")  # fmt: skip
     lag.add_argument("--topic", action="append", default=[], help="show even if not committed")
     lag.add_argument("--json", action="store_true", help="print JSON (one object per refresh)")
     lag.add_argument("--watch", nargs="?", type=float, const=2.0, metavar="SECONDS",
@@ -138,6 +161,22 @@ def _worker(settings: Settings, args: argparse.Namespace) -> int:
     return run_worker(settings)
 
 
+def _gateway_sim(settings: Settings, args: argparse.Namespace) -> int:
+    from lendstream.gateway_sim import SimulatorConfig, run
+
+    config = SimulatorConfig(
+        args.transient_rate, args.permanent_rate, args.seed, hang_seconds=args.hang_seconds
+    )
+    try:
+        config.validate()
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
+    if not 0 <= args.port <= 65535:
+        raise UserError(f"--port must be 0..65535, got {args.port}")
+    run(args.host, args.port, config)
+    return 0
+
+
 def _topics(settings: Settings, args: argparse.Namespace) -> int:
     from lendstream.admin import apply_topics, plan_topics
     from lendstream.topology import errors, format_plan
@@ -149,6 +188,29 @@ def _topics(settings: Settings, args: argparse.Namespace) -> int:
     changes = asyncio.run(plan_topics(settings))
     print(format_plan(changes))
     return 1 if errors(changes) else 0
+
+
+def _simulate(settings: Settings, args: argparse.Namespace) -> int:
+    from lendstream.simulate import NoBroker, run_simulate
+
+    if args.dau < 1:
+        raise UserError(f"--dau must be at least 1, got {args.dau}")
+    if args.backlog is None and (args.duration is None or args.duration <= 0):
+        raise UserError("--duration SECONDS (> 0) is needed unless --backlog COUNT is given")
+    if args.backlog is not None and args.backlog < 1:
+        raise UserError(f"--backlog must be at least 1, got {args.backlog}")
+    if args.rate <= 0:
+        raise UserError(f"--rate must be positive, got {args.rate}")
+    try:
+        run_simulate(settings, args.dau, args.duration or 0.0, args.rate, args.seed,
+                     args.backlog, say=_say_simulate)  # fmt: skip
+    except NoBroker as exc:
+        raise UserError(str(exc)) from None
+    return 0
+
+
+def _say_simulate(text: str) -> None:
+    print(f"[simulate {datetime.now().strftime('%H:%M:%S')}] {text}", flush=True)
 
 
 def _loan(settings: Settings, args: argparse.Namespace) -> int:
@@ -179,15 +241,43 @@ def _schema(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def _projections(settings: Settings, args: argparse.Namespace) -> int:
+    from lendstream.kafka import with_broker
+    from lendstream.pg import resolve_dsn
+    from lendstream.projections.rebuild import run_rebuild
+    from lendstream.projections.replay import UnknownProjection, projection_named
+    from lendstream.security import kafka_client_options
+
+    try:
+        projection_named(args.name)
+    except UnknownProjection as exc:
+        raise UserError(str(exc)) from None
+    import asyncpg
+
+    settings = with_broker(settings)
+    try:
+        report = run_rebuild(settings, resolve_dsn(settings), settings.bootstrap_servers,
+                             kafka_client_options(settings), say=_say_progress)  # fmt: skip
+    except (asyncpg.UndefinedTableError, asyncpg.InvalidSchemaNameError) as exc:  # no read models
+        raise UserError(f"{exc} (LENDSTREAM_PG_SCHEMA={settings.pg_schema!r})") from None
+    print(f"rebuilt {', '.join(report.tables)} in {settings.pg_schema}: {report.events:,} "
+          f"events in {report.seconds:.1f} s ({report.rate:,.0f} events/s)")  # fmt: skip
+    return 0
+
+
+def _say_progress(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
+
+
 def _lag(settings: Settings, args: argparse.Namespace) -> int:
-    from lendstream.app import APP_ID
     from lendstream.lag import LagUnavailable, run_command
 
     if args.watch is not None and args.watch <= 0:
         raise UserError(f"--watch needs a positive number of seconds, got {args.watch:g}")
+    groups = args.group or [settings.app_id]  # the workers' consumer group
     try:
-        return run_command(settings, args.group or [APP_ID], args.topic, args.json, args.watch,
-                           app_group=APP_ID)  # fmt: skip
+        return run_command(settings, groups, args.topic, args.json, args.watch,
+                           app_group=settings.app_id)  # fmt: skip
     except LagUnavailable as exc:
         raise UserError(str(exc)) from None
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import os
 import shutil
@@ -22,12 +23,12 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 
 from lendstream.admin import ensure_topics
 from lendstream.embedded import Broker, Postgres, start_broker, start_postgres, stop_process
-from lendstream.kafka import DEV_BROKER_FILE
 from lendstream.pg import drop_schema
 from lendstream.producer import produce_all, settings_producer
 from lendstream.settings import Settings
@@ -36,6 +37,7 @@ from lendstream.simulation import interleave, population
 log = logging.getLogger(__name__)
 WORKER_STOP_SECONDS = 30.0
 PROGRESS_EVERY_SECONDS = 3.0
+ENDPOINTS_FILE = "dev-endpoints.json"
 
 
 def run_dev(settings: Settings, simulate: bool, rate: float, seed: int) -> int:
@@ -50,11 +52,11 @@ def run_dev(settings: Settings, simulate: bool, rate: float, seed: int) -> int:
         if settings.kafka is None:
             broker = start_broker(root / "logs")
             settings = settings.model_copy(update={"kafka": broker.url})
-            (root / DEV_BROKER_FILE).write_text(broker.url)
         if settings.pg_dsn is None:
             pg = start_postgres(root / "pg")
             settings = settings.model_copy(update={"pg_dsn": pg.dsn})
         _say(f"broker {settings.kafka}  postgres {settings.pg_dsn}")
+        _write_endpoints(root, settings)
         _reset_local_state(settings, embedded_broker=broker is not None)
         asyncio.run(ensure_topics(settings))
         worker = _spawn_worker(settings, root / "logs" / "worker.log")
@@ -62,6 +64,7 @@ def run_dev(settings: Settings, simulate: bool, rate: float, seed: int) -> int:
         asyncio.run(_supervise(settings, worker, stop, simulate, rate, seed))
         return 0
     finally:
+        (root / ENDPOINTS_FILE).unlink(missing_ok=True)
         if worker is not None and worker.poll() is None:
             _say("stopping worker")
             stop_process(worker.pid, grace=WORKER_STOP_SECONDS)
@@ -70,9 +73,25 @@ def run_dev(settings: Settings, simulate: bool, rate: float, seed: int) -> int:
             pg.stop()
         if broker is not None:
             _say("stopping broker")
-            (root / DEV_BROKER_FILE).unlink(missing_ok=True)
             broker.stop()
         _say("stopped")
+
+
+def _write_endpoints(root: Path, settings: Settings) -> None:
+    """Tell other commands (`simulate`, `dlq`) where this dev stack's broker and PostgreSQL are."""
+    endpoints = {"kafka": settings.kafka, "pg_dsn": settings.pg_dsn, "pid": os.getpid()}
+    (root / ENDPOINTS_FILE).write_text(json.dumps(endpoints))
+
+
+def dev_endpoints(data_dir: Path) -> dict[str, Any] | None:
+    """The broker (`kafka`) and `pg_dsn` of a `lendstream dev` running on `data_dir`, or None
+    when none runs there (no file, or the process that wrote it is gone)."""
+    try:
+        endpoints = json.loads((data_dir.resolve() / ENDPOINTS_FILE).read_text())
+        os.kill(int(endpoints["pid"]), 0)
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return endpoints
 
 
 def _say(text: str) -> None:

@@ -23,8 +23,6 @@ from aiokafka import AIOKafkaConsumer
 from aiokafka.structs import TopicPartition
 
 PROBE_TIMEOUT_SECONDS = 15.0
-#: Where `lendstream dev` leaves its embedded broker's URL for the other commands.
-DEV_BROKER_FILE = "broker.url"
 
 
 def with_broker(settings: Settings) -> Settings:
@@ -32,16 +30,17 @@ def with_broker(settings: Settings) -> Settings:
 
     Raises `SettingsError` when there is neither.
     """
+    from lendstream.devstack import dev_endpoints
     from lendstream.settings import SettingsError
 
     if settings.kafka:
         return settings
-    dev_file = settings.data_dir.resolve() / DEV_BROKER_FILE
-    if not dev_file.exists():
+    endpoints = dev_endpoints(settings.data_dir)
+    if not endpoints or not endpoints.get("kafka"):
         raise SettingsError(
             "LENDSTREAM_KAFKA is not set and no `lendstream dev` broker is running here"
         )
-    return settings.model_copy(update={"kafka": dev_file.read_text().strip()})
+    return settings.model_copy(update={"kafka": endpoints["kafka"]})
 
 
 def _probe_consumer(

@@ -112,6 +112,8 @@ class Settings(BaseSettings):
     # Not SecretStr: `devstack.worker_env` hands settings to child processes by value.
     ingest_token: str | None = Field(default=None, repr=False, description="ingest bearer token")
     reader_password: str | None = Field(default=None, repr=False, description="analysts' password")
+    gateway_connect_timeout: Duration = 2.0
+    gateway_read_timeout: Duration = 10.0
 
     @field_validator("ingest_token", "reader_password")
     @classmethod
@@ -141,6 +143,12 @@ class Settings(BaseSettings):
     pg_sslmode: Annotated[PgSslMode | None, BlankIsNone, BeforeValidator(_lower)] = None
     pg_sslrootcert: Annotated[Path | None, BlankIsNone] = None
     probe_interval: Duration = 5.0  # how often a worker measures lag, dead letters, sagas
+
+    app_id: str = Field(
+        default="lendstream",
+        pattern=r"^[a-z][a-z0-9_.-]{0,62}$",
+        description="Faust app id: the consumer group and the prefix of the changelog topics",
+    )
 
     @field_validator("kafka")
     @classmethod

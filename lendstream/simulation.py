@@ -7,10 +7,11 @@ stream the way independent upstream systems would publish them. Until the payout
 
 from __future__ import annotations
 
+import heapq
 import random
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -18,6 +19,7 @@ from lendstream.domain.loans import total_due
 from lendstream.topics import LOAN_EVENTS, PAYMENT_EVENTS, PAYOUT_EVENTS
 
 CURRENCIES = ("EUR", "EUR", "EUR", "USD", "GBP")
+MONTH = timedelta(days=30)
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,6 +50,15 @@ def _envelope(
 
 
 def lifecycle(
+    rng: random.Random, loan_id: str, customer_id: str, partner_id: str, start: datetime,
+    **options: Any,
+) -> list[Produced]:  # fmt: skip
+    """One loan's events in causal order, ending in any of the lifecycle's end states
+    (`options` as for `loan_events`)."""
+    return [p for _, p in loan_events(rng, loan_id, customer_id, partner_id, start, **options)]
+
+
+def loan_events(
     rng: random.Random,
     loan_id: str,
     customer_id: str,
@@ -55,59 +66,63 @@ def lifecycle(
     start: datetime,
     with_payouts: bool = True,
     max_repayments: int = 24,
-) -> list[Produced]:
-    """One loan's events in causal order, ending in any of the lifecycle's end states."""
+    month: timedelta = MONTH,
+) -> Iterator[tuple[datetime, Produced]]:
+    """`lifecycle`, lazily: (occurred_at, message) pairs, drawing from `rng` only when the next
+    event is asked for (so many loans can be in flight at once, sharing one `rng`)."""
     currency = rng.choice(CURRENCIES)
     amount = rng.randrange(50_000, 5_000_000, 100)
     term = rng.choice((3, 6, 12, 24, 36))
     at = start
-    out: list[Produced] = []
+    month_minutes = month.total_seconds() / 60
 
-    def emit(topic: str, kind: str, data: dict[str, Any], minutes: float = 5) -> None:
+    def emit(
+        topic: str, kind: str, data: dict[str, Any], minutes: float = 5
+    ) -> tuple[datetime, Produced]:
         nonlocal at
         at = at + timedelta(minutes=minutes * (0.5 + rng.random()))
-        out.append(Produced(topic, loan_id, _envelope(rng, loan_id, kind, at, data)))
+        return at, Produced(topic, loan_id, _envelope(rng, loan_id, kind, at, data))
 
-    emit(LOAN_EVENTS.name, "LoanApplied", {
+    yield emit(LOAN_EVENTS.name, "LoanApplied", {
         "customer_id": customer_id, "partner_id": partner_id, "amount_cents": amount,
         "currency": currency, "term_months": term,
     })  # fmt: skip
     roll = rng.random()
     if roll < 0.15:
-        emit(LOAN_EVENTS.name, "LoanRejected", {"reason": "affordability"})
-        return out
+        yield emit(LOAN_EVENTS.name, "LoanRejected", {"reason": "affordability"})
+        return
     if roll < 0.20:
-        emit(LOAN_EVENTS.name, "LoanCanceled", {"reason": "customer withdrew"})
-        return out
+        yield emit(LOAN_EVENTS.name, "LoanCanceled", {"reason": "customer withdrew"})
+        return
     approved = amount if rng.random() < 0.7 else rng.randrange(100, amount + 1, 100)
     rate = rng.choice((0, 250, 499, 750, 1200))
-    emit(
+    yield emit(
         LOAN_EVENTS.name,
         "LoanApproved",
         {"approved_amount_cents": approved, "interest_rate_bps": rate},
     )
     if roll < 0.25:
-        emit(LOAN_EVENTS.name, "LoanCanceled", {"reason": "customer withdrew after approval"})
-        return out
+        yield emit(LOAN_EVENTS.name, "LoanCanceled", {"reason": "customer withdrew after approval"})
+        return
     if not with_payouts:
-        return out
+        return
     payout_id = f"payout:{loan_id}"
-    emit(PAYOUT_EVENTS.name, "PayoutRequested", {
+    yield emit(PAYOUT_EVENTS.name, "PayoutRequested", {
         "payout_id": payout_id, "partner_id": partner_id, "amount_cents": approved,
         "currency": currency,
     }, minutes=0.1)  # fmt: skip
     if roll < 0.30:
-        emit(
+        yield emit(
             PAYOUT_EVENTS.name,
             "PayoutFailed",
             {"payout_id": payout_id, "reason": "gateway said no"},
             1,
         )
-        emit(PAYOUT_EVENTS.name, "FundsReleased", {
+        yield emit(PAYOUT_EVENTS.name, "FundsReleased", {
             "payout_id": payout_id, "partner_id": partner_id, "amount_cents": approved,
         }, minutes=0.1)  # fmt: skip
-        return out
-    emit(PAYOUT_EVENTS.name, "LoanPaidOut", {
+        return
+    yield emit(PAYOUT_EVENTS.name, "LoanPaidOut", {
         "payout_id": payout_id, "amount_cents": approved, "currency": currency,
     }, minutes=1)  # fmt: skip
     due = total_due(approved, rate)
@@ -117,11 +132,10 @@ def lifecycle(
         if repaid >= due:
             break
         pay = installment if rng.random() < 0.9 else installment + rng.randrange(0, installment)
-        emit(PAYMENT_EVENTS.name, "RepaymentReceived", {
+        yield emit(PAYMENT_EVENTS.name, "RepaymentReceived", {
             "payment_id": _id(rng), "amount_cents": pay, "currency": currency,
-        }, minutes=60 * 24 * 30)  # fmt: skip
+        }, minutes=month_minutes)  # fmt: skip
         repaid += pay
-    return out
 
 
 def population(
@@ -144,7 +158,15 @@ def population(
         partner = f"P{rng.randrange(partners):02d}"
         began = base + timedelta(minutes=rng.randrange(0, 60 * 24 * 30))
         result.append(
-            lifecycle(rng, loan_id, customer, partner, began, with_payouts, max_repayments)
+            lifecycle(
+                rng,
+                loan_id,
+                customer,
+                partner,
+                began,
+                with_payouts=with_payouts,
+                max_repayments=max_repayments,
+            )
         )
     return result
 
@@ -162,3 +184,127 @@ def interleave(seed: int, lifecycles: list[list[Produced]]) -> Iterator[Produced
         if cursors[i] == len(lifecycles[i]):
             live[pick] = live[-1]
             live.pop()
+
+
+#: Time compression of `Simulation`: a repayment "month" lasts one simulated day, so an active
+#: customer acts about once a simulated day and a loan's whole life fits in a few weeks.
+COMPRESSED_MONTH = timedelta(days=1)
+#: Days on which a loan's customer acts (applies or cancels, then repays once a compressed
+#: month): measured on the generator's own mix, it sets how many loans start per day for `dau`.
+ACTIVE_DAYS_PER_LOAN = 8.8
+#: Size of the customer base per daily active customer (customers may hold several loans).
+CUSTOMERS_PER_DAU = 10
+#: Upstream event types that a customer causes (the others are the lender's or the saga's).
+CUSTOMER_ACTIONS = frozenset({"LoanApplied", "LoanCanceled", "RepaymentReceived"})
+DAY = timedelta(days=1)
+
+
+@dataclass
+class Simulation:
+    """An endless, deterministic stream of loan events from a population of `dau` daily active
+    customers, in event-time (`occurred_at`) order, as independent upstream systems would
+    publish them live.
+
+    Each simulated day `dau / ACTIVE_DAYS_PER_LOAN` customers apply (evenly over the day, with
+    jitter); each loan then follows `loan_events` with the compressed `month`, so that at steady
+    state (after about `max_repayments` compressed months) about `dau` distinct customers act
+    per simulated day and about 70% of the events are repayments. Loans are generated
+    lazily, so memory grows with the loans in flight, not with the stream.
+
+    Iterating is pure and deterministic for `seed` (iterating again continues the same
+    stream: `islice(sim, n)` twice gives the first 2n events); the counters (`produced`, `loans_started`,
+    `clock`, `by_type`, `active_yesterday`) describe what has been yielded so far.
+    """
+
+    seed: int
+    dau: int
+    with_payouts: bool = True
+    month: timedelta = COMPRESSED_MONTH
+    start: datetime = datetime(2026, 1, 1, tzinfo=UTC)
+    partners: int = 5
+    max_repayments: int = 24
+    produced: int = 0
+    loans_started: int = 0
+    clock: datetime | None = None
+    by_type: dict[str, int] = field(default_factory=dict)
+    active_yesterday: int = 0
+    _stream: Iterator[Produced] | None = field(default=None, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.dau < 1:
+            raise ValueError(f"dau must be at least 1, got {self.dau}")
+
+    @property
+    def arrival_interval(self) -> timedelta:
+        """Simulated time between two loan applications."""
+        return DAY * ACTIVE_DAYS_PER_LOAN / self.dau
+
+    def __iter__(self) -> Iterator[Produced]:
+        """The stream; iterating again continues where the last iteration stopped."""
+        if self._stream is None:
+            self._stream = self._generate()
+        return self._stream
+
+    def _generate(self) -> Iterator[Produced]:
+        rng = random.Random(self.seed)
+        customers = self.dau * CUSTOMERS_PER_DAU
+        in_flight: list[_InFlight] = []  # a heap: the next event of each loan in flight
+        next_arrival = self._arrival(rng, 0)
+        day, active_today = self.start.date(), set[str]()
+        while True:
+            if not in_flight or next_arrival <= in_flight[0].at:
+                heapq.heappush(in_flight, self._start_loan(rng, next_arrival, customers))
+                next_arrival = self._arrival(rng, self.loans_started)
+                continue
+            loan = in_flight[0]
+            produced = loan.produced
+            if loan.at.date() != day:
+                day, self.active_yesterday, active_today = loan.at.date(), len(active_today), set()
+            kind = produced.value["type"]
+            if kind in CUSTOMER_ACTIONS:
+                active_today.add(loan.customer)
+            self.clock, self.produced = loan.at, self.produced + 1
+            self.by_type[kind] = self.by_type.get(kind, 0) + 1
+            if loan.advance():
+                heapq.heapreplace(in_flight, loan)
+            else:
+                heapq.heappop(in_flight)
+            yield produced
+
+    def _start_loan(self, rng: random.Random, at: datetime, customers: int) -> _InFlight:
+        number = self.loans_started
+        self.loans_started += 1
+        customer = f"C{rng.randrange(customers):08d}"
+        partner = f"P{rng.randrange(self.partners):02d}"
+        events = loan_events(rng, f"L{self.seed}-{number:08d}", customer, partner, at,
+                             self.with_payouts, self.max_repayments, self.month)  # fmt: skip
+        loan = _InFlight(number, customer, events)
+        loan.advance()
+        return loan
+
+    def _arrival(self, rng: random.Random, number: int) -> datetime:
+        return self.start + self.arrival_interval * (number + rng.random())
+
+
+class _InFlight:
+    """A loan whose events are not all yielded yet, ordered by its next event's time."""
+
+    __slots__ = ("at", "customer", "events", "number", "produced")
+
+    def __init__(
+        self, number: int, customer: str, events: Iterator[tuple[datetime, Produced]]
+    ) -> None:
+        self.number, self.customer, self.events = number, customer, events
+        self.at: datetime
+        self.produced: Produced
+
+    def advance(self) -> bool:
+        """Move to the loan's next event; False when it has none left."""
+        following = next(self.events, None)
+        if following is None:
+            return False
+        self.at, self.produced = following
+        return True
+
+    def __lt__(self, other: _InFlight) -> bool:
+        return (self.at, self.number) < (other.at, other.number)

@@ -58,16 +58,25 @@ def _headers(headers: object) -> tuple[tuple[str, bytes], ...]:
 FAIL_STOP_EXIT_CODE = 70
 
 
-def fail_stop(what: str) -> NoReturn:
-    """End the process at once after an unexpected error in a batch.
+def fail_stop(what: str, reason: str | None = None) -> NoReturn:
+    """End the process at once after an unexpected error in a batch (or a `reason` found by a
+    check outside one).
 
     A Faust agent that raises gets its messages acked, which would lose the batch. Exiting
     without any further ack or commit makes Kafka redeliver the batch to the next worker (or to
     this one once it is restarted); idempotency makes that safe.
     """
-    logging.getLogger("lendstream.agents").critical(
-        "unexpected error in %s; exiting without acking the batch", what, exc_info=True
-    )
+    log = logging.getLogger("lendstream.agents")
+    if reason is None:
+        log.critical(
+            "unexpected error in %s; exiting without acking the batch", what, exc_info=True
+        )
+    else:
+        log.critical(
+            "%s: %s; exiting so that the restart reads again from the committed offsets",
+            what,
+            reason,
+        )
     logging.shutdown()
     os._exit(FAIL_STOP_EXIT_CODE)
 

@@ -10,7 +10,8 @@ acked, and the agent stops the worker (fail-stop) so that nothing is silently lo
 faust-streaming 0.15.3 did skip messages after a table restore (see `lendstream.recovery` for
 the race and its fix); this guard is what found it and what keeps it from ever costing data.
 Messages at or below the position are admitted: they are redeliveries, which the table dedupes
-and the projection skips.
+and the projection skips. `StallWatch` covers the one hole the guard cannot see: records that are
+never delivered because nothing after them arrives.
 """
 
 from __future__ import annotations
@@ -66,3 +67,41 @@ class ContiguityGuard:
             f"consumer skipped {tp[0]}[{tp[1]}] offsets {expected}..{offset - 1} "
             f"(first existing: {first})"
         )
+
+
+@dataclass
+class StallWatch:
+    """Notices records that exist but are never delivered — a hole the guard cannot see,
+    because nothing after it arrives (seen once in the crash test: after a restart, six
+    partitions of a topic were never delivered again, with no error).
+
+    `check` is given, per source partition, the durably processed position and the partition's
+    end; a partition with records after its position whose position has not moved for
+    `patience` seconds is stalled. The caller fail-stops: the restarted worker reads again from
+    the committed offsets. It is only asked while the worker is ready and PostgreSQL healthy,
+    so a slow or paused pipeline is not mistaken for a stall.
+    """
+
+    patience: float
+    since: dict[tuple[str, int], tuple[int, float]] = field(default_factory=dict)
+
+    def check(
+        self,
+        positions: Mapping[tuple[str, int], int],
+        ends: Mapping[tuple[str, int], int],
+        now: float,
+    ) -> list[tuple[str, int]]:
+        """The partitions stalled at `now` (seconds, monotonic)."""
+        stalled = []
+        for tp, end in ends.items():
+            position = positions.get(tp, -1)
+            if position + 1 >= end:
+                self.since.pop(tp, None)
+                continue
+            seen, first = self.since.get(tp, (position, now))
+            if seen != position:
+                seen, first = position, now
+            self.since[tp] = (seen, first)
+            if now - first >= self.patience:
+                stalled.append(tp)
+        return stalled

@@ -153,11 +153,13 @@ def register(app: faust.App, topic: faust.TopicT, processor: LoanProcessor, batc
 
     @app.agent(topic, name="loan-processor")
     async def loan_processor(stream: StreamT) -> None:
-        # Iterate the stream at once, and wait for PostgreSQL inside the loop: a stream first
-        # iterated later adds its topics to the subscription late, which makes Faust resubscribe
-        # and the group rebalance in the middle of processing.
+        # PostgreSQL first, then the stream. (Iterating the stream at once, to subscribe its
+        # topics before Faust's first rebalance, let the take buffer fill during recovery; after
+        # the recovery cleared the stream queues, partitions were seen never to be delivered
+        # again — a silent stall, worse than the late resubscription this order can cause, which
+        # the contiguity guard catches.)
+        await ready.wait()  # type: ignore[attr-defined]
         async for events in stream.take_events(batch_max, within=batch_within):
-            await ready.wait()  # type: ignore[attr-defined]
             try:
                 await processor.process(list(events))
             except Exception:

@@ -140,7 +140,7 @@ def _applied(event: LoanApplied) -> Loan:
         currency=data.currency,
         term_months=data.term_months,
         status=LoanStatus.APPLIED,
-        applied_amount_cents=data.amount_cents,
+        applied_amount_cents=data.requested_amount_cents,
         applied_at=event.occurred_at,
         updated_at=event.occurred_at,
     )

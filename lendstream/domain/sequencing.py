@@ -225,10 +225,14 @@ def handle(
         return fire_timers(keyed, evolve, now, policy)
     if isinstance(decoded, Invalid) and message.position.topic == CONTROL_TOPIC:
         # a malformed command is recorded, but never blocks the loan it names
-        since = datetime.fromtimestamp(message.timestamp, UTC)
-        dead = Pending(message.position, None, "dead", decoded.error_class, decoded.reason, since)
-        return keyed, [Dead(dead, message)]
+        return keyed, [Dead(_invalid(message, decoded), message)]
     return receive(keyed, message, evolve, now, policy)
+
+
+def _invalid(message: Message, decoded: Invalid) -> Pending:
+    """The dead queue item an invalid message becomes."""
+    since = datetime.fromtimestamp(message.timestamp, UTC)
+    return Pending(message.position, None, "dead", decoded.error_class, decoded.reason, since)
 
 
 def receive(
@@ -245,8 +249,7 @@ def receive(
     if any(p.position == message.position for p in run.keyed.queue):
         pass  # a redelivery of a message that is already queued
     elif isinstance(decoded, Invalid):
-        dead = Pending(message.position, None, "dead", decoded.error_class, decoded.reason, since)
-        _append(run, dead, message)
+        _append(run, _invalid(message, decoded), message)
     elif decoded.event_id in run.keyed.applied:
         run.outcomes.append(Duplicate(decoded, message.position))
     elif run.keyed.queue and not _may_jump(run.keyed.queue, decoded):

@@ -6,7 +6,7 @@ from lendstream.topics import control, loans, payments, payouts, treasury
 from lendstream.topics.codec import Invalid, TopicSpec
 from lendstream.topics.envelope import Event, LoanEvent
 
-LOAN_EVENTS = TopicSpec(loans.TOPIC, "loan_id", loans.EVENTS)
+LOAN_EVENTS = TopicSpec(loans.TOPIC, "loan_id", loans.EVENTS, loans.UPCASTERS)
 PAYMENT_EVENTS = TopicSpec(payments.TOPIC, "loan_id", payments.EVENTS)
 PAYOUT_EVENTS = TopicSpec(payouts.TOPIC, "loan_id", payouts.EVENTS)
 TREASURY_EVENTS = TopicSpec(treasury.TOPIC, "partner_id", treasury.EVENTS)

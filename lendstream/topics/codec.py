@@ -54,12 +54,17 @@ class TopicSpec:
     upcasters: Mapping[tuple[str, int], Upcaster] = field(default_factory=dict)
     adapter: TypeAdapter[Any] = field(init=False, repr=False, compare=False)
     types: frozenset[str] = field(init=False, repr=False, compare=False)
+    latest: Mapping[str, int] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         union = Annotated[Union[self.events], Field(discriminator="type")]  # noqa: UP007
         object.__setattr__(self, "adapter", TypeAdapter(union))
-        names = frozenset(e.model_fields["type"].annotation.__args__[0] for e in self.events)  # type: ignore[union-attr]
-        object.__setattr__(self, "types", names)
+        latest = {
+            e.model_fields["type"].annotation.__args__[0]: e.LATEST_SCHEMA_VERSION  # type: ignore[union-attr]
+            for e in self.events
+        }
+        object.__setattr__(self, "latest", latest)
+        object.__setattr__(self, "types", frozenset(latest))
 
     def decode(self, key: bytes | None, value: bytes | None) -> Event | Invalid:
         """Bytes to an event of this topic, or `Invalid` with the reason. Never raises."""
@@ -82,6 +87,12 @@ class TopicSpec:
         kind = obj.get("type")
         if not isinstance(kind, str) or kind not in self.types:
             return Invalid("UnknownType", f"type: {kind!r} is not an event of {self.name}")
+        version = obj.get("schema_version", 1)
+        if type(version) is int and version > self.latest[kind]:  # before the shape is checked
+            return Invalid(
+                "ValidationError",
+                f"schema_version: {version} is newer than this code knows ({self.latest[kind]})",
+            )
         try:
             event: Event = self.adapter.validate_python(self._upcast(obj))
         except ValidationError as exc:

@@ -202,3 +202,13 @@ def test_secrets_reach_the_worker_but_not_a_repr(monkeypatch: pytest.MonkeyPatch
     env = worker_env(settings)
     assert env["LENDSTREAM_INGEST_TOKEN"] == "tok-123"
     assert env["LENDSTREAM_READER_PASSWORD"] == "pw-456"
+
+
+def test_app_id_names_the_consumer_group_and_is_checked(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert load_settings().app_id == "lendstream"  # changelog: lendstream-loans-changelog
+    monkeypatch.setenv("LENDSTREAM_APP_ID", "lendstream-rebuild")
+    assert load_settings().app_id == "lendstream-rebuild"
+    monkeypatch.setenv("LENDSTREAM_APP_ID", "has space")
+    with pytest.raises(SettingsError) as caught:
+        load_settings()
+    assert_one_line_naming(caught.value, "LENDSTREAM_APP_ID")

@@ -1,0 +1,323 @@
+"""`lendstream projections rebuild [NAME]`: rebuild the loan read models from the retained
+topics into shadow tables, then swap them in atomically while the live worker keeps running.
+
+1. **Shadow.** A schema `<schema>__rebuild` gets empty copies (`LIKE … INCLUDING ALL`) of
+   `loan_summary`, `loan_history` and `customer_exposure`; the live tables stay untouched and
+   readable.
+2. **Fold.** A group-less aiokafka consumer reads the loan processor's inputs from the start
+   (`replay.Merge` orders them), the live pure code folds them (`sequencing.handle`,
+   `projections.loans.rows_for`), and the live writer's statements (`make_apply`, idempotent by
+   content) write the rows to the shadow tables in batches — up to the positions the live
+   worker had stored when the rebuild started (`projection_positions`), then again up to its
+   newer positions until the gap is small. The rebuild never reads past the live positions, so
+   it is never ahead of the live tables.
+3. **Swap**, in one transaction: lock the live worker's position rows (`FOR UPDATE`: its next
+   commit waits), fold the last increment up to exactly those positions, lock the views bound to
+   the tables and the tables themselves (`ACCESS EXCLUSIVE`: readers wait, they do not fail),
+   rename the live tables and their indexes away, move the shadow tables in under the live
+   names with the live tables' grants, re-create the analysts' views
+   (`analysts.recreate_views`), and drop the replaced tables. At the commit, the new tables
+   reflect the same Kafka positions as the tables they replace.
+
+Guarantee: a READ COMMITTED statement (PostgreSQL's default) sees either the old tables or the
+new ones, complete — never a missing or empty table; a statement that arrives during the swap
+waits for it. Limits: a REPEATABLE READ/SERIALIZABLE transaction that began before the swap and
+first reads a swapped table after it sees the new table through its old snapshot (only the
+rows committed before that snapshot, maybe none); time-dependent outcomes follow the records' Kafka
+timestamps (see `replay`), so an event that the live worker parked and later declared dead by
+`LENDSTREAM_PARK_DEADLINE`, or retried on wall-clock backoff, may fold differently; messages
+already deleted by topic retention cannot be rebuilt (the rebuild then reflects only what is
+retained). A failed rebuild leaves the live tables as they were; the shadow schema is dropped
+at the next run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Callable, Mapping
+from dataclasses import dataclass, field
+
+import asyncpg
+from aiokafka import AIOKafkaConsumer
+from aiokafka.structs import TopicPartition
+
+from lendstream.analysts import recreate_views
+from lendstream.domain.loans import evolve
+from lendstream.domain.sequencing import Message, Policy
+from lendstream.projections.loans import PROJECTION, BatchRows, make_apply
+from lendstream.projections.replay import (
+    REBUILT_TABLES,
+    SPECS,
+    Fold,
+    Merge,
+    progress_line,
+    to_message,
+)
+from lendstream.settings import Settings
+
+BATCH = 5000
+#: The swap starts once the live worker is at most this many messages ahead of the rebuild.
+SWAP_GAP = 2000
+FETCH_TIMEOUT_MS = 200
+
+
+@dataclass
+class Report:
+    events: int
+    seconds: float
+    positions: dict[tuple[str, int], int]
+    tables: tuple[str, ...] = REBUILT_TABLES
+
+    @property
+    def rate(self) -> float:
+        return self.events / self.seconds if self.seconds > 0 else 0.0
+
+
+@dataclass
+class Progress:
+    """Counts folded messages; `every_second` prints the progress line through `say`."""
+
+    say: Callable[[str], None]
+    total: int = 0
+    done: int = 0
+    phase: str = "fold"
+    started: float = field(default_factory=time.monotonic)
+
+    def step(self, count: int) -> None:
+        self.done += count
+
+    def show(self) -> None:
+        self.say(progress_line(self.done, self.total, time.monotonic() - self.started, self.phase))
+
+    async def every_second(self) -> None:
+        """Print the progress line every second until cancelled."""
+        while True:
+            await asyncio.sleep(1.0)
+            self.show()
+
+
+class Source:
+    """The loan processor's input partitions, read from the start with a group-less consumer;
+    messages are released (through `Merge`) only up to given target offsets."""
+
+    def __init__(self, consumer: AIOKafkaConsumer, tps: list[TopicPartition]) -> None:
+        self.consumer = consumer
+        self.tps = tps
+        self.merge = Merge()
+
+    async def read_to(
+        self, targets: Mapping[TopicPartition, int], batch: int = BATCH
+    ) -> AsyncIterator[list[Message]]:
+        """Yield lists of messages, in merge order, until every partition reached its
+        (inclusive) target offset."""
+        pending: list[Message] = []
+        while not self.merge.complete(targets):
+            self._pause_beyond(targets)
+            fetched = await self.consumer.getmany(timeout_ms=FETCH_TIMEOUT_MS, max_records=batch)
+            for tp, records in fetched.items():
+                self.merge.add(tp, [to_message(r) for r in records])
+            pending.extend(self.merge.release(targets))
+            while len(pending) >= batch:
+                yield pending[:batch]
+                pending = pending[batch:]
+        if pending:
+            yield pending
+
+    def _pause_beyond(self, targets: Mapping[TopicPartition, int]) -> None:
+        """Stop fetching partitions whose buffer already reaches their target."""
+        pause, resume = [], []
+        for tp in self.tps:
+            buffer = self.merge.buffers.get(tp)
+            reached = self.merge.done.get(tp, -1) >= targets.get(tp, -1) or (
+                buffer and buffer[-1].position.offset >= targets.get(tp, -1)
+            )
+            (pause if reached else resume).append(tp)
+        self.consumer.pause(*pause)
+        self.consumer.resume(*resume)
+
+
+class Rebuild:
+    """One rebuild of the loan projection in `schema`."""
+
+    def __init__(self, settings: Settings, dsn: str, say: Callable[[str], None]) -> None:
+        self.settings = settings
+        self.dsn = dsn
+        self.schema = settings.pg_schema
+        self.shadow = f"{self.schema}__rebuild"
+        self.progress = Progress(say)
+        self.fold = Fold(
+            evolve, Policy(backoff=settings.retry_backoff, park_deadline=settings.park_deadline)
+        )
+        self.apply = make_apply(self.shadow)
+
+    async def run(self, consumer: AIOKafkaConsumer) -> Report:
+        conn = await asyncpg.connect(self.dsn)
+        ticker = asyncio.create_task(self.progress.every_second())
+        try:
+            await self.create_shadow(conn)
+            await consumer.topics()  # loads the cluster metadata
+            tps = partitions_of(consumer)
+            consumer.assign(tps)
+            await consumer.seek_to_beginning(*tps)
+            source = Source(consumer, tps)
+            targets = await self.live_targets(conn, tps)
+            self.progress.total = _count(targets, {})
+            await self.fold_to(conn, source, targets)
+            self.progress.phase = "catch-up"
+            while True:
+                newer = await self.live_targets(conn, tps)
+                gap = _count(newer, source.merge.done)
+                if gap <= SWAP_GAP:
+                    break
+                self.progress.total += gap
+                await self.fold_to(conn, source, newer)
+            self.progress.phase = "swap"
+            positions = await self.swap(conn, source, tps)
+            self.progress.show()
+            return Report(self.progress.done, time.monotonic() - self.progress.started, positions)
+        finally:
+            ticker.cancel()
+            await conn.close()
+
+    async def create_shadow(self, conn: asyncpg.Connection) -> None:
+        live, shadow = f'"{self.schema}"', f'"{self.shadow}"'
+        async with conn.transaction():  # all or nothing: no shadow schema without its tables
+            await conn.execute(f"DROP SCHEMA IF EXISTS {shadow} CASCADE; CREATE SCHEMA {shadow}")
+            for table in REBUILT_TABLES:
+                like = f"LIKE {live}.{table} INCLUDING ALL"
+                await conn.execute(f"CREATE TABLE {shadow}.{table} ({like})")
+
+    async def live_targets(
+        self, conn: asyncpg.Connection, tps: list[TopicPartition], lock: bool = False
+    ) -> dict[TopicPartition, int]:
+        """The live worker's stored positions (last offset written) for every input partition;
+        with `lock`, under its position-row locks (its next commit waits for ours)."""
+        rows = await conn.fetch(
+            f'SELECT topic, partition, "offset" FROM "{self.schema}".projection_positions '
+            "WHERE projection = $1 ORDER BY topic, partition" + (" FOR UPDATE" if lock else ""),
+            PROJECTION,
+        )
+        stored = {TopicPartition(r["topic"], r["partition"]): r["offset"] for r in rows}
+        return {tp: stored.get(tp, -1) for tp in tps}
+
+    async def fold_to(
+        self, conn: asyncpg.Connection, source: Source, targets: Mapping[TopicPartition, int]
+    ) -> None:
+        async for messages in source.read_to(targets):
+            rows = self.fold.apply(messages)
+            if rows.versions:
+                async with conn.transaction():
+                    await self.apply(conn, [BatchRows(rows, [])])
+            self.progress.step(len(messages))
+
+    async def swap(
+        self, conn: asyncpg.Connection, source: Source, tps: list[TopicPartition]
+    ) -> dict[tuple[str, int], int]:
+        async with conn.transaction():
+            targets = await self.live_targets(conn, tps, lock=True)
+            self.progress.total += _count(targets, source.merge.done)
+            await self.fold_to(conn, source, targets)
+            await self.swap_tables(conn)
+        await conn.execute(f'DROP SCHEMA IF EXISTS "{self.shadow}" CASCADE')
+        return {(tp.topic, tp.partition): offset for tp, offset in targets.items()}
+
+    async def swap_tables(self, conn: asyncpg.Connection) -> None:
+        """Inside the swap transaction: replace the live tables by the shadow ones."""
+        live = f'"{self.schema}"'
+        views = await dependent_views(conn, self.schema, REBUILT_TABLES)
+        locked = [f'{live}."{v}"' for v in views] + [f"{live}.{t}" for t in REBUILT_TABLES]
+        await conn.execute(f"LOCK TABLE {', '.join(locked)} IN ACCESS EXCLUSIVE MODE")
+        for table in REBUILT_TABLES:
+            grants = await table_grants(conn, self.schema, table)
+            await rename_with_indexes(conn, self.schema, table, f"{table}__replaced")
+            await conn.execute(f'ALTER TABLE "{self.shadow}".{table} SET SCHEMA {live}')
+            for statement in grants:
+                await conn.execute(statement.replace("{table}", f"{live}.{table}"))
+        await recreate_views(conn, self.schema)
+        for table in REBUILT_TABLES:
+            await conn.execute(f"DROP TABLE {live}.{table}__replaced")
+
+
+def partitions_of(consumer: AIOKafkaConsumer) -> list[TopicPartition]:
+    """Every partition of the loan processor's input topics (as the broker's metadata has them)."""
+    tps = []
+    for topic in SPECS:
+        for partition in sorted(consumer.partitions_for_topic(topic) or ()):
+            tps.append(TopicPartition(topic, partition))
+    return tps
+
+
+def _count(targets: Mapping[TopicPartition, int], done: Mapping[TopicPartition, int]) -> int:
+    """Messages between `done` and `targets` (both inclusive last offsets)."""
+    return sum(max(end - done.get(tp, -1), 0) for tp, end in targets.items())
+
+
+async def dependent_views(
+    conn: asyncpg.Connection, schema: str, tables: tuple[str, ...]
+) -> list[str]:
+    rows = await conn.fetch(
+        "SELECT DISTINCT view_name FROM information_schema.view_table_usage "
+        "WHERE table_schema = $1 AND table_name = ANY($2::text[]) ORDER BY view_name",
+        schema,
+        list(tables),
+    )
+    return [r["view_name"] for r in rows]
+
+
+async def table_grants(conn: asyncpg.Connection, schema: str, table: str) -> list[str]:
+    """GRANT statements (with a `{table}` placeholder) re-creating the table's privileges for
+    roles other than its owner."""
+    rows = await conn.fetch(
+        "SELECT a.privilege_type, a.grantee FROM pg_class c, aclexplode(c.relacl) a "
+        "WHERE c.oid = $1::regclass AND a.grantee <> c.relowner",
+        f'"{schema}".{table}',
+    )
+    statements = []
+    for r in rows:
+        role = "PUBLIC" if r["grantee"] == 0 else await _role_name(conn, r["grantee"])
+        statements.append(f"GRANT {r['privilege_type']} ON {{table}} TO {role}")
+    return statements
+
+
+async def _role_name(conn: asyncpg.Connection, oid: int) -> str:
+    return str(await conn.fetchval("SELECT quote_ident(pg_get_userbyid($1))", oid))
+
+
+async def rename_with_indexes(conn: asyncpg.Connection, schema: str, table: str, to: str) -> None:
+    """Rename a table and its indexes (`<table>…` -> `<to>…`), so that a table moved in under
+    the old name can bring indexes with the old names."""
+    indexes = await conn.fetch(
+        "SELECT indexname FROM pg_indexes WHERE schemaname = $1 AND tablename = $2",
+        schema,
+        table,
+    )
+    await conn.execute(f'ALTER TABLE "{schema}".{table} RENAME TO {to}')
+    for row in indexes:
+        name = row["indexname"]
+        new = to + name[len(table) :] if name.startswith(table) else f"{name}__replaced"
+        await conn.execute(f'ALTER INDEX "{schema}"."{name}" RENAME TO "{new}"')
+
+
+async def rebuild(
+    settings: Settings, dsn: str, bootstrap: list[str], client_options: Mapping[str, object],
+    say: Callable[[str], None],
+) -> Report:  # fmt: skip
+    """Rebuild the loan projection's tables in `settings.pg_schema` (see the module doc)."""
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap,
+        group_id=None,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        **client_options,
+    )
+    await consumer.start()
+    try:
+        return await Rebuild(settings, dsn, say).run(consumer)
+    finally:
+        await consumer.stop()
+
+
+def run_rebuild(settings: Settings, dsn: str, bootstrap: list[str],
+                client_options: Mapping[str, object], say: Callable[[str], None]) -> Report:  # fmt: skip
+    return asyncio.run(rebuild(settings, dsn, bootstrap, client_options, say))

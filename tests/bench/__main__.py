@@ -1,0 +1,72 @@
+"""`python -m tests.bench`: the benchmark on a fresh embedded broker and PostgreSQL."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+from lendstream.embedded import embedded_stack
+from tests.bench.measure import Options, Results, run_benchmark
+from tests.bench.report import format_table
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    out = args.out or Path("bench-results") / f"run-{stamp}.json"
+    options = Options(
+        events=args.events,
+        dau=args.dau,
+        seed=args.seed,
+        latency_rate=args.latency_rate,
+        latency_seconds=args.latency_seconds,
+        stages=args.stages,
+        profile=out.with_name(f"{out.stem}-profile") if args.profile else None,
+    )
+    with embedded_stack() as (broker, pg):
+        root = broker.log_path.parent.parent
+        services = {"broker": broker.proc.pid, "postgres": pg.pid}
+        results = asyncio.run(
+            run_benchmark(
+                options, broker.url, pg.dsn, root, _say, args.partitions, service_pids=services
+            )
+        )
+    results.environment["load_average_at_end"] = os.getloadavg()
+    _write(out, results)
+    print(format_table(results))
+    print(f"\nresults: {out}" + (f"\nprofile: {options.profile}.txt" if args.profile else ""))
+    return 0
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m tests.bench", description=__doc__)
+    p.add_argument("--events", type=int, default=500_000, help="backlog size")
+    p.add_argument("--dau", type=int, default=2_000, help="simulated daily active customers")
+    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--partitions", type=int, default=8)
+    p.add_argument("--latency-rate", type=float, default=2_000.0, help="events/s for (c)")
+    p.add_argument("--latency-seconds", type=float, default=30.0)
+    p.add_argument("--out", type=Path, help="JSON results (default bench-results/run-TIME.json)")
+    p.add_argument("--profile", action="store_true", help="py-spy the worker during (b)")
+    p.add_argument(
+        "--stages", default="abcdefgh", help="run only these, e.g. abc ((c), (d) need (b))"
+    )
+    return p
+
+
+def _say(text: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {text}", flush=True)
+
+
+def _write(out: Path, results: Results) -> None:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results.as_json(), indent=2, default=str) + "\n")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

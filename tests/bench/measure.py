@@ -1,0 +1,663 @@
+"""The benchmark's stages, each a measurement on the embedded stack (real broker, PostgreSQL,
+worker processes), all in one run over one backlog:
+
+(a) ceiling: raw aiokafka `getmany` of the backlog, no processing;
+(b) catch-up of one worker on the backlog (start until the PostgreSQL positions reach the
+    produced end offsets; with and without start-up);
+(c) end-to-end latency at a fixed rate (the worker's `lendstream_end_to_end_seconds` histogram,
+    and exactly from `event_log.recorded_at` minus the Kafka record timestamp);
+(d) changelog restore after the worker's local state is wiped (from Faust's recovery log);
+(e) re-processing of the retained topics from offset 0 into a fresh schema (a new consumer group
+    and data dir) — what a projection rebuild would cost; there is no rebuild command yet;
+(f) peak RSS of the workers (`VmHWM`);
+(g) scale-out: two workers sharing the partitions, catch-up compared with one;
+(h) the Faust floor: a worker whose `take_events` agent does nothing (`floor.py`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import bisect
+import contextlib
+import importlib.metadata
+import json
+import logging
+import math
+import os
+import platform
+import re
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import asyncpg
+import psutil
+from aiokafka import AIOKafkaConsumer
+from aiokafka.structs import TopicPartition
+from prometheus_client.parser import text_string_to_metric_families
+
+from lendstream.devstack import worker_env
+from lendstream.embedded import free_port, stop_process
+from lendstream.kafka import high_watermarks
+from lendstream.projections.writer import stored_positions
+from lendstream.settings import Settings
+from lendstream.simulate import produce_backlog, produce_paced
+from lendstream.simulation import Simulation
+from lendstream.tables.loans import NAME as LOANS_TABLE
+from tests.bench.profile import Profiler
+from tests.harness import Pipeline, WorkerProcess
+
+log = logging.getLogger(__name__)
+
+POLL_SECONDS = 0.1
+WATCH_SECONDS = 0.02
+RESTORE_STARTED = "Restoring state from changelog topics"
+RESTORE_DONE = "Done reading from changelog topics"
+REPO = Path(__file__).resolve().parents[2]
+_LOG_TIME = re.compile(r"^\[(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3})\]")
+Ends = dict[tuple[str, int], int]
+
+
+@dataclass
+class Options:
+    events: int = 500_000
+    dau: int = 2_000
+    seed: int = 1
+    latency_rate: float = 2_000.0
+    latency_seconds: float = 30.0
+    stage_timeout: float = 3_600.0
+    stages: str = "abcdefgh"  # which of the stages to run ((c), (d) need (b))
+    profile: Path | None = None  # py-spy the catch-up worker, writing here (text summary)
+
+
+@dataclass
+class CatchUp:
+    """One catch-up: `workers` processes from start until every position reached its end."""
+
+    workers: int
+    events: int
+    total_seconds: float
+    startup_seconds: float  # until the first batch was committed
+    rate: float  # events/s after start-up
+    rate_with_startup: float
+    peak_rss_mb: list[float] = field(default_factory=list)
+    startup_rss_mb: list[float] = field(default_factory=list)
+    fail_stops: int = 0
+    #: CPU seconds used after start-up, per event (µs): "workers" (together), and the broker
+    #: and PostgreSQL when their pids are known. Less sensitive to a shared machine's load than
+    #: the rates.
+    cpu_us_per_event: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class Latency:
+    rate_asked: float
+    rate_reached: float
+    events: int
+    histogram_p50: float  # the worker's histogram, Kafka append -> commit (bucketed)
+    histogram_p99: float
+    visible_p50: float  # per record: Kafka timestamp -> position visible in PostgreSQL
+    visible_p99: float  # (an upper bound: polled every WATCH_SECONDS)
+    event_log_p50: float  # per record: Kafka timestamp -> event_log.recorded_at
+    event_log_p99: float  # (a lower bound: taken before the transaction's statements)
+
+
+@dataclass
+class Restore:
+    records: int
+    seconds: float
+    rate: float
+    startup_seconds: float  # worker start until the restore began
+
+
+@dataclass
+class Results:
+    options: dict[str, Any]
+    environment: dict[str, Any]
+    backlog: dict[str, Any]
+    ceiling: dict[str, Any] = field(default_factory=dict)
+    catch_up: CatchUp | None = None
+    latency: Latency | None = None
+    restore: Restore | None = None
+    reprocess: CatchUp | None = None
+    peak_rss_mb: float = 0.0
+    startup_rss_mb: float = 0.0  # the worker's RSS when its first batch was committed
+    loans: int = 0
+    scale_out: CatchUp | None = None
+    floor: dict[str, Any] = field(default_factory=dict)
+    floor_batched: dict[str, Any] = field(default_factory=dict)
+    profile: dict[str, Any] | None = None
+
+    def as_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class Bench:
+    """One benchmark run on a pipeline whose broker and PostgreSQL are already running."""
+
+    def __init__(
+        self,
+        pipeline: Pipeline,
+        options: Options,
+        say: Callable[[str], None],
+        service_pids: dict[str, int] | None = None,
+    ) -> None:
+        self.service_pids = service_pids or {}
+        self.pipe = pipeline
+        self.options = options
+        self.say = say
+        self.sim = Simulation(seed=options.seed, dau=options.dau)
+        self.profile_summary: dict[str, Any] | None = None
+
+    @property
+    def bootstrap(self) -> list[str]:
+        return self.pipe.settings.bootstrap_servers
+
+    async def run(self, environment: dict[str, Any]) -> Results:
+        o = self.options
+        await self.pipe.create_topics()
+        self.say(f"producing a backlog of {o.events:,} events (dau {o.dau:,}, seed {o.seed})")
+        produced = await produce_backlog(self.bootstrap, self.sim, o.events)
+        self.pipe.ends = dict(produced.ends)
+        results = Results(asdict(o), environment, self._backlog_facts(produced.rate))
+        stages = o.stages
+        if "a" in stages:
+            self.say("(a) ceiling: raw aiokafka consumption")
+            results.ceiling = await ceiling(self.bootstrap, self.pipe.ends)
+            self.say(f"    {results.ceiling['rate']:,.0f} events/s")
+        if "b" in stages:
+            await self.one_worker(results, latency="c" in stages)
+        if "b" in stages and "d" in stages:
+            self.say("(d) changelog restore with the local state wiped")
+            results.restore = await self.restore("w1")
+            self.say(f"    {results.restore.records:,} records at {results.restore.rate:,.0f}/s")
+        if "e" in stages:
+            self.say("(e) re-processing from offset 0 into a fresh schema (new group, fresh data)")
+            results.reprocess, _ = await self.catch_up(self.fresh_pipeline("reprocess"), ["r1"])
+            self.say(f"    {results.reprocess.rate:,.0f} events/s")
+        if "g" in stages:
+            self.say("(g) scale-out: two workers")
+            results.scale_out, _ = await self.catch_up(self.fresh_pipeline("scale"), ["s1", "s2"])
+            self.say(f"    {results.scale_out.rate:,.0f} events/s")
+        if "h" in stages:
+            self.say("(h) Faust floor: a take_events agent that does nothing")
+            results.floor = await self.floor("floor")
+            self.say(f"    {results.floor['rate']:,.0f} events/s")
+            self.say("    the same Faust consumer, batches taken whole (no per-message delivery)")
+            results.floor_batched = await self.floor("floor-batched", "--batched-drain")
+            self.say(f"    {results.floor_batched['rate']:,.0f} events/s")
+        return results
+
+    async def one_worker(self, results: Results, latency: bool) -> None:
+        """(b) catch-up, then (c) latency on the same worker, and (f) its peak RSS."""
+        o = self.options
+        self.say("(b) catch-up: one worker")
+        catch_up, worker = await self.catch_up(self.pipe, ["w1"], keep_running=True, profile=True)
+        results.catch_up = catch_up
+        self.say(
+            f"    {catch_up.rate:,.0f} events/s after {catch_up.startup_seconds:.1f}s start-up"
+        )
+        assert worker is not None
+        try:
+            if latency:
+                self.say(
+                    f"(c) latency at {o.latency_rate:,.0f} events/s for {o.latency_seconds:.0f}s"
+                )
+                results.latency = lat = await self.latency(worker)
+                self.say(f"    p50 {lat.histogram_p50 * 1000:.0f} ms, "
+                         f"p99 {lat.histogram_p99 * 1000:.0f} ms (histogram)")  # fmt: skip
+        finally:
+            results.peak_rss_mb = rss_mb(worker.pid, peak=True)
+            results.startup_rss_mb = catch_up.startup_rss_mb[0]
+            worker.stop()
+        results.loans = self.sim.loans_started
+        results.profile = self.profile_summary
+
+    def _backlog_facts(self, produce_rate: float) -> dict[str, Any]:
+        total = sum(self.sim.by_type.values())
+        return {
+            "events": self.sim.produced,
+            "loans": self.sim.loans_started,
+            "partitions": self.pipe.settings.partitions,
+            "produce_rate": produce_rate,
+            "mix": {k: round(v / total, 4) for k, v in sorted(self.sim.by_type.items())},
+        }
+
+    def fresh_pipeline(self, name: str) -> Pipeline:
+        """Same broker and topics; a new consumer group/changelog, schema and data dirs."""
+        settings = self.pipe.settings.model_copy(
+            update={
+                "app_id": f"bench-{name}",
+                "pg_schema": f"{self.pipe.settings.pg_schema}_{name}",
+            }
+        )
+        fresh = Pipeline(settings, self.pipe.root)
+        fresh.ends = dict(self.pipe.ends)
+        return fresh
+
+    async def catch_up(
+        self, pipe: Pipeline, names: list[str], keep_running: bool = False, profile: bool = False
+    ) -> tuple[CatchUp, WorkerProcess | None]:
+        """Start `names` as workers and wait until the positions reach `pipe.ends`."""
+        total = sum(end + 1 for end in pipe.ends.values())
+        started = time.monotonic()
+        workers = [pipe.start_worker(name, web_port=free_port()) for name in names]
+        profiler: Profiler | None = None
+        first_at, first_done = 0.0, 0
+        startup_rss: list[float] = []
+        cpu_at_start: dict[str, float] = {}
+        async with _positions_reader(pipe) as read_positions:
+            while True:
+                done = _processed(await read_positions(), pipe.ends)
+                now = time.monotonic()
+                if not first_at and done > 0:
+                    first_at, first_done = now, done
+                    startup_rss = [rss_mb(w.pid) for w in workers]
+                    cpu_at_start = self._cpu_seconds(workers)
+                    if profile and self.options.profile is not None:
+                        profiler = Profiler.start(workers[0].pid, self.options.profile)
+                if done >= total:
+                    break
+                if now - started > self.options.stage_timeout:
+                    raise TimeoutError(f"catch-up not done after {self.options.stage_timeout}s")
+                pipe.supervise()
+                await asyncio.sleep(POLL_SECONDS)
+        finished = time.monotonic()
+        cpu_used = _minus(self._cpu_seconds(workers), cpu_at_start)
+        if profiler is not None:
+            self.profile_summary = profiler.stop()
+        live = [w for w in pipe.workers if w.alive()]
+        result = CatchUp(
+            workers=len(names),
+            events=total,
+            total_seconds=finished - started,
+            startup_seconds=first_at - started,
+            rate=(total - first_done) / max(finished - first_at, 1e-9),
+            rate_with_startup=total / (finished - started),
+            peak_rss_mb=[rss_mb(w.pid, peak=True) for w in live],
+            startup_rss_mb=startup_rss,
+            cpu_us_per_event={k: v * 1e6 / max(total - first_done, 1) for k, v in cpu_used.items()},
+            fail_stops=pipe.fail_stops,
+        )
+        if keep_running and len(live) == 1:
+            return result, live[0]
+        pipe.stop_all()
+        return result, None
+
+    def _cpu_seconds(self, workers: list[WorkerProcess]) -> dict[str, float]:
+        """CPU seconds used so far by the workers (together) and the known services."""
+        used = {"workers": sum(cpu_seconds(w.pid) for w in workers)}
+        for name, pid in self.service_pids.items():
+            used[name] = cpu_seconds(pid, with_children=True)
+        return used
+
+    async def latency(self, worker: WorkerProcess) -> Latency:
+        """Produce at the fixed rate on the caught-up worker; percentiles of append -> commit,
+        from the worker's histogram, and per record from PostgreSQL (see `visible_latencies`
+        and `event_log_latencies`)."""
+        o = self.options
+        port = int(worker.overrides["web_port"])
+        before = await scrape_histogram(port)
+        start = dict(self.pipe.ends)
+        async with _positions_reader(self.pipe) as read_positions:
+            watcher = asyncio.create_task(_watch_positions(read_positions))
+            try:
+                produced = await produce_paced(
+                    self.bootstrap, self.sim, o.latency_rate, o.latency_seconds
+                )
+                for tp, offset in produced.ends.items():
+                    self.pipe.ends[tp] = max(self.pipe.ends.get(tp, -1), offset)
+                await self.pipe.wait_caught_up(timeout=o.stage_timeout)
+            finally:
+                watcher.cancel()
+            polls = await watcher
+        await asyncio.sleep(0.5)  # the histogram is observed just after the commit
+        after = await scrape_histogram(port)
+        delta = {le: after[le] - before.get(le, 0.0) for le in after}
+        appended = await record_timestamps(self.bootstrap, start, self.pipe.ends)
+        visible = visible_latencies(appended, polls)
+        logged = await self.event_log_latencies(appended)
+        return Latency(
+            rate_asked=o.latency_rate,
+            rate_reached=produced.rate,
+            events=produced.events,
+            histogram_p50=histogram_quantile(delta, 0.50),
+            histogram_p99=histogram_quantile(delta, 0.99),
+            visible_p50=quantile(visible, 0.50),
+            visible_p99=quantile(visible, 0.99),
+            event_log_p50=quantile(logged, 0.50),
+            event_log_p99=quantile(logged, 0.99),
+        )
+
+    async def event_log_latencies(self, appended: dict[tuple[str, int, int], float]) -> list[float]:
+        """Seconds from each record's Kafka timestamp to its `event_log.recorded_at` (taken in
+        the transaction, just before its statements run: a lower bound of append -> commit)."""
+        keys = list(appended)
+        rows = await self.pipe.fetch(
+            'SELECT topic, partition, "offset", recorded_at FROM event_log '
+            'WHERE (topic, partition, "offset") IN '
+            "(SELECT * FROM unnest($1::text[], $2::int[], $3::bigint[]))",
+            [k[0] for k in keys],
+            [k[1] for k in keys],
+            [k[2] for k in keys],
+        )
+        return [
+            r["recorded_at"].timestamp() - appended[(r["topic"], r["partition"], r["offset"])]
+            for r in rows
+        ]
+
+    async def restore(self, name: str) -> Restore:
+        """Restart `name` with an empty data dir; time Faust's changelog restore from its log."""
+        settings = self.pipe.settings
+        changelog = f"{settings.app_id}-{LOANS_TABLE}-changelog"
+        tps = [TopicPartition(changelog, p) for p in range(settings.partitions)]
+        records = sum((await high_watermarks(self.bootstrap, tps)).values())
+        shutil.rmtree(self.pipe.root / name, ignore_errors=True)
+        log_path = self.pipe.root / f"{name}.log"
+        offset = log_path.stat().st_size if log_path.exists() else 0
+        started = time.time()
+        worker = self.pipe.start_worker(name, web_port=free_port())
+        try:
+            began, ended = await _restore_times(worker, offset, self.options.stage_timeout)
+        finally:
+            worker.stop()
+        seconds = max(ended - began, 1e-3)
+        return Restore(records, seconds, records / seconds, began - started)
+
+    async def floor(self, name: str, *flags: str) -> dict[str, Any]:
+        """Run `tests.bench.floor` (a do-nothing agent) over everything produced so far."""
+        total = sum(end + 1 for end in self.pipe.ends.values())
+        root = self.pipe.root
+        settings = self.pipe.settings.model_copy(
+            update={"app_id": f"bench-{name}", "data_dir": root / name, "web_port": free_port()}
+        )
+        out = root / f"{name}.json"
+        env = {k: v for k, v in os.environ.items() if not k.startswith("LENDSTREAM_")}
+        env.update(worker_env(settings))
+        started = time.monotonic()
+        with open(root / f"{name}.log", "ab") as log_file:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "tests.bench.floor", str(total), str(out), *flags],
+                env=env, cwd=REPO, stdout=log_file, stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )  # fmt: skip
+        try:
+            while proc.poll() is None:
+                if time.monotonic() - started > self.options.stage_timeout:
+                    raise TimeoutError(f"floor not done after {self.options.stage_timeout}s")
+                await asyncio.sleep(POLL_SECONDS)
+        finally:
+            stop_process(proc.pid)
+        if not out.exists():
+            tail = (root / f"{name}.log").read_text(errors="replace")[-3000:]
+            raise AssertionError(f"floor exited with {proc.returncode}:\n{tail}")
+        result: dict[str, Any] = json.loads(out.read_text())
+        result["total_seconds"] = time.monotonic() - started
+        return result
+
+
+async def _watch_positions(read: Callable[[], Any]) -> list[tuple[float, Ends]]:
+    """(time, positions) every `WATCH_SECONDS` until cancelled; returns what it saw."""
+    polls: list[tuple[float, Ends]] = []
+    with contextlib.suppress(asyncio.CancelledError):
+        while True:
+            positions = await read()
+            polls.append((time.time(), positions))
+            await asyncio.sleep(WATCH_SECONDS)
+    return polls
+
+
+def visible_latencies(
+    appended: dict[tuple[str, int, int], float], polls: list[tuple[float, Ends]]
+) -> list[float]:
+    """Seconds from each record's Kafka timestamp to the first poll whose stored position
+    covers it (records never seen covered are left out)."""
+    by_partition: dict[tuple[str, int], list[tuple[int, float]]] = {}
+    for seen_at, positions in polls:
+        for tp, offset in positions.items():
+            history = by_partition.setdefault(tp, [])
+            if not history or offset > history[-1][0]:
+                history.append((offset, seen_at))
+    out = []
+    for (topic, partition, offset), ts in appended.items():
+        history = by_partition.get((topic, partition), [])
+        i = bisect.bisect_left(history, (offset, -math.inf))
+        if i < len(history):
+            out.append(history[i][1] - ts)
+    return out
+
+
+def cpu_seconds(pid: int, with_children: bool = False) -> float:
+    """User + system CPU seconds of a live process (and its live children); 0 if it is gone."""
+    try:
+        process = psutil.Process(pid)
+        processes = [process, *(process.children(recursive=True) if with_children else [])]
+        total = 0.0
+        for p in processes:
+            with contextlib.suppress(psutil.Error):
+                times = p.cpu_times()
+                total += times.user + times.system
+        return total
+    except psutil.Error:
+        return 0.0
+
+
+def _minus(after: dict[str, float], before: dict[str, float]) -> dict[str, float]:
+    return {k: v - before.get(k, 0.0) for k, v in after.items()}
+
+
+def _processed(positions: Ends, ends: Ends) -> int:
+    return sum(min(positions.get(tp, -1), end) + 1 for tp, end in ends.items())
+
+
+@contextlib.asynccontextmanager
+async def _positions_reader(pipe: Pipeline) -> AsyncIterator[Callable[[], Any]]:
+    pool = await asyncpg.create_pool(pipe.settings.pg_dsn, min_size=1, max_size=1)
+
+    async def read() -> Ends:
+        try:
+            return await stored_positions(pool, pipe.settings.pg_schema, "loans")
+        except (asyncpg.UndefinedTableError, asyncpg.InvalidSchemaNameError):
+            return {}
+
+    try:
+        yield read
+    finally:
+        await pool.close()
+
+
+async def _restore_times(worker: WorkerProcess, offset: int, timeout: float) -> tuple[float, float]:
+    """Epoch seconds of Faust's restore start and end lines in the worker's log after
+    `offset`."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        text = worker.log_path.read_bytes()[offset:].decode(errors="replace")
+        began = _logged_at(text, RESTORE_STARTED)
+        ended = _logged_at(text, RESTORE_DONE)
+        if began is not None and ended is not None:
+            return began, ended
+        if not worker.alive():
+            raise AssertionError(f"worker exited during restore:\n{worker.log_tail()}")
+        await asyncio.sleep(POLL_SECONDS)
+    raise TimeoutError(f"no restore in the log after {timeout}s:\n{worker.log_tail()}")
+
+
+def _logged_at(text: str, marker: str) -> float | None:
+    for line in text.splitlines():
+        if marker in line and (match := _LOG_TIME.match(line)):
+            return datetime.strptime(match.group(1), "%Y-%m-%d %H:%M:%S,%f").timestamp()
+    return None
+
+
+async def ceiling(bootstrap: list[str], ends: Ends) -> dict[str, Any]:
+    """Raw aiokafka consumption of every partition up to `ends`: getmany, no processing."""
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap,
+        group_id=None,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+    )
+    await consumer.start()
+    try:
+        remaining = {TopicPartition(t, p): end for (t, p), end in ends.items()}
+        consumer.assign(list(remaining))
+        await consumer.seek_to_beginning()
+        count = 0
+        started = time.monotonic()
+        while remaining:
+            for tp, records in (await consumer.getmany(timeout_ms=500)).items():
+                count += len(records)
+                if tp in remaining and records[-1].offset >= remaining[tp]:
+                    del remaining[tp]
+                    consumer.pause(tp)
+        seconds = time.monotonic() - started
+    finally:
+        await consumer.stop()
+    return {"events": count, "seconds": seconds, "rate": count / seconds}
+
+
+async def record_timestamps(
+    bootstrap: list[str], after: Ends, ends: Ends
+) -> dict[tuple[str, int, int], float]:
+    """Kafka timestamps (seconds) of the records past `after` up to `ends`."""
+    wanted = {
+        TopicPartition(t, p): (after.get((t, p), -1), end)
+        for (t, p), end in ends.items()
+        if end > after.get((t, p), -1)
+    }
+    out: dict[tuple[str, int, int], float] = {}
+    if not wanted:
+        return out
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False
+    )
+    await consumer.start()
+    try:
+        consumer.assign(list(wanted))
+        for tp, (first, _) in wanted.items():
+            consumer.seek(tp, first + 1)
+        remaining = dict(wanted)
+        while remaining:
+            for tp, records in (await consumer.getmany(timeout_ms=500)).items():
+                for r in records:
+                    if r.offset <= wanted[tp][1]:
+                        out[(tp.topic, tp.partition, r.offset)] = r.timestamp / 1000
+                if tp in remaining and records and records[-1].offset >= remaining[tp][1]:
+                    del remaining[tp]
+                    consumer.pause(tp)
+    finally:
+        await consumer.stop()
+    return out
+
+
+async def scrape_histogram(port: int, projection: str = "loans") -> dict[float, float]:
+    """Cumulative bucket counts of `lendstream_end_to_end_seconds` on a worker's /metrics."""
+    async with (
+        aiohttp.ClientSession() as session,
+        session.get(f"http://127.0.0.1:{port}/metrics") as response,
+    ):
+        text = await response.text()
+    buckets: dict[float, float] = {}
+    for family in text_string_to_metric_families(text):
+        if family.name != "lendstream_end_to_end_seconds":
+            continue
+        for sample in family.samples:
+            if sample.name.endswith("_bucket") and sample.labels.get("projection") == projection:
+                buckets[float(sample.labels["le"])] = sample.value
+    return buckets
+
+
+def histogram_quantile(cumulative: dict[float, float], q: float) -> float:
+    """Like PromQL's histogram_quantile: linear within the bucket holding the quantile."""
+    bounds = sorted(cumulative)
+    if not bounds or cumulative[bounds[-1]] <= 0:
+        return float("nan")
+    rank = q * cumulative[bounds[-1]]
+    lower, below = 0.0, 0.0
+    for bound in bounds:
+        count = cumulative[bound]
+        if count >= rank:
+            if bound == float("inf"):
+                return lower
+            return lower + (bound - lower) * (rank - below) / max(count - below, 1e-12)
+        lower, below = bound, count
+    return lower
+
+
+def quantile(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[min(int(q * len(ordered)), len(ordered) - 1)]
+
+
+def rss_mb(pid: int, peak: bool = False) -> float:
+    """The resident set size (`VmRSS`), or its peak so far (`VmHWM`), of a live process, in
+    MiB (0 if it is gone)."""
+    field_name = "VmHWM:" if peak else "VmRSS:"
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith(field_name):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return 0.0
+
+
+async def run_benchmark(
+    options: Options,
+    kafka: str,
+    pg_dsn: str,
+    root: Path,
+    say: Callable[[str], None],
+    partitions: int = 8,
+    schema: str = "bench",
+    service_pids: dict[str, int] | None = None,
+) -> Results:
+    """All stages against the broker `kafka` and PostgreSQL `pg_dsn`; workers live in `root`.
+
+    Settings not given here (batch size, pool size...) come from `LENDSTREAM_*` variables, so
+    a variant can be measured by setting them. `service_pids` (e.g. broker, postgres) are
+    the processes whose CPU use is reported with the workers'.
+    """
+    settings = Settings(
+        kafka=kafka,
+        pg_dsn=pg_dsn,
+        pg_schema=schema,
+        data_dir=root / "data",
+        partitions=partitions,
+        kafka_session_timeout=6.0,
+        kafka_heartbeat_interval=1.0,
+        _env_file=None,  # type: ignore[call-arg]
+    )
+    pipeline = Pipeline(settings, root)
+    try:
+        return await Bench(pipeline, options, say, service_pids).run(environment(settings))
+    finally:
+        pipeline.stop_all()
+
+
+def environment(settings: Settings) -> dict[str, Any]:
+    """What the figures depend on besides the code: machine, load, versions, settings."""
+    commit = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=False
+    ).stdout.strip()
+    return {
+        "started": datetime.now(UTC).isoformat(timespec="seconds"),
+        "cpus": os.cpu_count(),
+        "load_average_at_start": os.getloadavg(),
+        "python": platform.python_version(),
+        "faust": importlib.metadata.version("faust-streaming"),
+        "aiokafka": importlib.metadata.version("aiokafka"),
+        "commit": commit,
+        "batch_max": settings.batch_max,
+        "batch_within": settings.batch_within,
+        "pg_pool_max": settings.pg_pool_max,
+    }

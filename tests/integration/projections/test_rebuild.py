@@ -1,0 +1,141 @@
+"""`lendstream projections rebuild` (issue 7, "done when" 5): a rebuild of loan_summary during
+live traffic ends with tables equal to the live ones, and an analyst reading all the while never
+gets an error or an empty table. Real broker, PostgreSQL, worker and CLI process."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+from typing import Any
+
+import asyncpg
+import pytest
+
+from lendstream.devstack import worker_env
+from lendstream.projections.rebuild import rebuild
+from tests.harness import Pipeline
+from tests.traffic import build
+from tests.verify import assert_read_models_match
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
+
+READS = (
+    "SELECT count(*) FROM loan_summary",
+    "SELECT coalesce(sum(loans), 0) FROM portfolio_by_status",
+    "SELECT count(*) FROM loan_history",
+    "SELECT count(*) FROM customer_exposure",
+)
+#: Every column except the time a row was last written (not part of the model's content).
+SNAPSHOTS = {
+    "loan_summary": "SELECT * FROM loan_summary ORDER BY loan_id",
+    "loan_history": "SELECT * FROM loan_history ORDER BY loan_id, version",
+    "customer_exposure": "SELECT customer_id, currency, active_loans, outstanding_cents "
+    "FROM customer_exposure ORDER BY 1, 2",
+}
+
+
+async def analyst(dsn: str, schema: str, stop: asyncio.Event) -> dict[str, Any]:
+    """Run the analyst's queries in a loop until `stop`; count reads, failures and empties."""
+    seen: dict[str, Any] = {"reads": 0, "errors": [], "empty": []}
+    conn = await asyncpg.connect(dsn)
+    await conn.execute(f'SET search_path TO "{schema}"')
+    try:
+        while not stop.is_set():
+            for sql in READS:
+                try:
+                    count = await conn.fetchval(sql)
+                except asyncpg.PostgresError as exc:
+                    seen["errors"].append(f"{sql}: {type(exc).__name__}: {exc}")
+                    continue
+                seen["reads"] += 1
+                if count == 0:
+                    seen["empty"].append(sql)
+            await asyncio.sleep(0.005)
+    finally:
+        await conn.close()
+    return seen
+
+
+async def snapshot(pipeline: Pipeline) -> dict[str, list[dict[str, Any]]]:
+    return {table: await pipeline.fetch(sql) for table, sql in SNAPSHOTS.items()}
+
+
+async def table_oid(pipeline: Pipeline) -> int:
+    rows = await pipeline.fetch("SELECT 'loan_summary'::regclass::oid AS oid")
+    return int(rows[0]["oid"])
+
+
+async def run_cli(pipeline: Pipeline, *args: str) -> tuple[int, str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LENDSTREAM_")}
+    env.update(worker_env(pipeline.settings))
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "lendstream", *args, env=env,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    out, err = await proc.communicate()
+    return proc.returncode or 0, out.decode(), err.decode()
+
+
+async def produce_paced(pipeline: Pipeline, items: list[Any], chunks: int) -> None:
+    size = len(items) // chunks + 1
+    for start in range(0, len(items), size):
+        await pipeline.produce(items[start : start + size])
+        await asyncio.sleep(0.3)
+
+
+async def test_rebuild_during_live_traffic_swaps_in_equal_tables(pipeline: Pipeline) -> None:
+    traffic = build(seed=11, loans=600, min_events=16_000)
+    half = len(traffic.stream) // 2
+    await pipeline.create_topics()
+    pipeline.start_worker()
+    await pipeline.produce(traffic.stream[:half])
+    await pipeline.wait_caught_up(timeout=240)
+    before = await table_oid(pipeline)
+
+    stop = asyncio.Event()
+    reader = asyncio.create_task(
+        analyst(pipeline.settings.pg_dsn, pipeline.settings.pg_schema, stop)
+    )
+    producing = asyncio.create_task(produce_paced(pipeline, traffic.stream[half:], chunks=20))
+    code, out, err = await run_cli(pipeline, "projections", "rebuild", "loan_summary")
+    await producing
+    await pipeline.wait_caught_up(timeout=240)
+    stop.set()
+    seen = await reader
+
+    assert code == 0, err
+    assert "rebuilt loan_summary, loan_history, customer_exposure" in out
+    assert "events" in err and "ev/s" in err and "ETA" in err  # the progress line
+    assert await table_oid(pipeline) != before, "the tables were not swapped"
+    assert seen["reads"] > 0
+    assert seen["errors"] == [], seen["errors"][:3]
+    assert seen["empty"] == [], seen["empty"][:3]
+    await assert_read_models_match(pipeline, traffic)
+    pipeline.assert_no_crash()
+
+    # At rest, a second rebuild reproduces the live tables row for row; grants survive.
+    live = await snapshot(pipeline)
+    settings = pipeline.settings
+    report = await rebuild(
+        settings, settings.pg_dsn, settings.bootstrap_servers, {}, lambda _: None
+    )
+    assert report.events >= len(traffic.stream)
+    assert await snapshot(pipeline) == live
+    granted = await pipeline.fetch(
+        "SELECT has_table_privilege('lendstream_reader', 'loan_summary', 'SELECT') AS ok"
+    )
+    assert granted[0]["ok"]
+
+
+async def test_a_schema_without_read_models_is_one_line_and_exit_2(pipeline: Pipeline) -> None:
+    await pipeline.create_topics()
+    code, _, err = await run_cli(pipeline, "projections", "rebuild")
+    assert code == 2, err
+    (line,) = [x for x in err.strip().splitlines() if not x.startswith("rebuild [")]
+    assert line.startswith("lendstream: schema ") and "LENDSTREAM_PG_SCHEMA" in line, err
+    rows = await pipeline.fetch(
+        "SELECT count(*) AS n FROM pg_namespace WHERE nspname = $1",
+        f"{pipeline.settings.pg_schema}__rebuild",
+    )
+    assert rows[0]["n"] == 0  # nothing left behind

@@ -1,0 +1,32 @@
+"""`StallWatch`: records that exist but never arrive are noticed after the patience."""
+
+from __future__ import annotations
+
+from lendstream.agents.contiguity import StallWatch
+
+TP = ("loan-events", 3)
+
+
+def test_a_partition_without_progress_behind_its_end_is_stalled_after_the_patience() -> None:
+    watch = StallWatch(patience=60)
+    assert watch.check({TP: 107}, {TP: 900}, now=0) == []
+    assert watch.check({TP: 107}, {TP: 950}, now=59) == []
+    assert watch.check({TP: 107}, {TP: 950}, now=60) == [TP]
+
+
+def test_progress_or_reaching_the_end_resets_the_clock() -> None:
+    watch = StallWatch(patience=60)
+    watch.check({TP: 107}, {TP: 900}, now=0)
+    assert watch.check({TP: 108}, {TP: 900}, now=59) == []
+    assert watch.check({TP: 108}, {TP: 900}, now=100) == []
+    assert watch.check({TP: 899}, {TP: 900}, now=119) == []  # caught up
+    assert watch.check({TP: 899}, {TP: 901}, now=120) == []
+    assert watch.check({TP: 899}, {TP: 901}, now=179) == []
+    assert watch.check({TP: 899}, {TP: 901}, now=180) == [TP]
+
+
+def test_a_partition_never_processed_counts_from_its_start() -> None:
+    watch = StallWatch(patience=10)
+    assert watch.check({}, {TP: 5}, now=0) == []
+    assert watch.check({}, {TP: 5}, now=10) == [TP]
+    assert watch.check({}, {TP: 0}, now=20) == []  # an empty partition is never stalled

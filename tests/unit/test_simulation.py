@@ -1,0 +1,128 @@
+"""The simulated customer population: deterministic for a seed, causal per loan, in event-time
+order, shaped like its documentation says (daily active customers, a payment-heavy mix)."""
+
+from __future__ import annotations
+
+import itertools
+import random
+from collections import Counter
+from datetime import UTC, datetime
+from pathlib import Path
+
+import orjson
+import pytest
+
+from lendstream.simulation import (
+    CUSTOMER_ACTIONS,
+    Produced,
+    Simulation,
+    interleave,
+    lifecycle,
+    loan_events,
+    population,
+)
+from lendstream.topics import BY_NAME, PAYOUT_EVENTS, Invalid
+from tests.unit.test_purity import FORBIDDEN, imports_of
+
+#: Each type's possible successors within one loan (contract §4 and the saga's step events).
+NEXT = {
+    "LoanApplied": {"LoanRejected", "LoanCanceled", "LoanApproved"},
+    "LoanApproved": {"LoanCanceled", "PayoutRequested"},
+    "PayoutRequested": {"PayoutFailed", "LoanPaidOut"},
+    "PayoutFailed": {"FundsReleased"},
+    "LoanPaidOut": {"RepaymentReceived"},
+    "RepaymentReceived": {"RepaymentReceived"},
+}
+
+
+def take(sim: Simulation, n: int) -> list[Produced]:
+    return list(itertools.islice(sim, n))
+
+
+def by_loan(events: list[Produced]) -> dict[str, list[Produced]]:
+    loans: dict[str, list[Produced]] = {}
+    for event in events:
+        loans.setdefault(event.key, []).append(event)
+    return loans
+
+
+def occurred(event: Produced) -> datetime:
+    return datetime.fromisoformat(event.value["occurred_at"].replace("Z", "+00:00"))
+
+
+def test_the_same_seed_gives_the_same_stream_and_another_seed_another() -> None:
+    first = take(Simulation(seed=5, dau=300), 3_000)
+    assert take(Simulation(seed=5, dau=300), 3_000) == first
+    assert take(Simulation(seed=6, dau=300), 3_000) != first
+
+
+def test_iterating_again_continues_the_stream() -> None:
+    sim = Simulation(seed=5, dau=300)
+    assert take(sim, 1_000) + take(sim, 1_000) == take(Simulation(seed=5, dau=300), 2_000)
+    assert sim.produced == 2_000
+
+
+def test_events_come_in_event_time_order_and_each_loan_in_causal_order() -> None:
+    events = take(Simulation(seed=2, dau=200), 20_000)
+    times = [occurred(e) for e in events]
+    assert times == sorted(times)
+    for loan_events_ in by_loan(events).values():
+        kinds = [e.value["type"] for e in loan_events_]
+        assert kinds[0] == "LoanApplied"
+        for before, after in itertools.pairwise(kinds):
+            assert after in NEXT[before], kinds
+
+
+def test_every_event_is_valid_on_its_topic_and_keyed_by_its_loan() -> None:
+    for event in take(Simulation(seed=3, dau=100), 5_000):
+        decoded = BY_NAME[event.topic].decode(event.key.encode(), orjson.dumps(event.value))
+        assert not isinstance(decoded, Invalid), decoded
+        assert event.value["loan_id"] == event.key
+
+
+def test_event_ids_are_unique() -> None:
+    events = take(Simulation(seed=4, dau=200), 20_000)
+    assert len({e.value["event_id"] for e in events}) == len(events)
+
+
+def test_steady_state_has_about_dau_active_customers_a_day_and_is_payment_heavy() -> None:
+    sim = Simulation(seed=1, dau=500)
+    take(sim, 150_000)  # ~ 45 simulated days: past the ramp-up of ~24 compressed months
+    assert 0.85 * 500 <= sim.active_yesterday <= 1.15 * 500
+    mix = Counter(e.value["type"] for e in take(sim, 20_000))
+    assert mix["RepaymentReceived"] / 20_000 > 0.6
+    assert {"LoanRejected", "LoanCanceled", "PayoutFailed", "LoanPaidOut"} <= set(mix)
+
+
+def test_customers_act_through_their_loans_and_several_loans_share_a_customer() -> None:
+    sim = Simulation(seed=1, dau=200)
+    events = take(sim, 30_000)
+    customers = Counter(
+        e.value["data"]["customer_id"] for e in events if e.value["type"] == "LoanApplied"
+    )
+    assert sim.loans_started >= len(customers) > 0
+    assert max(customers.values()) > 1
+    assert "RepaymentReceived" in CUSTOMER_ACTIONS
+
+
+def test_without_payouts_there_is_no_payout_event() -> None:
+    events = take(Simulation(seed=1, dau=200, with_payouts=False), 5_000)
+    assert all(e.topic != PAYOUT_EVENTS.name for e in events)
+
+
+def test_a_population_needs_a_customer() -> None:
+    with pytest.raises(ValueError, match="dau"):
+        Simulation(seed=1, dau=0)
+
+
+def test_lifecycle_is_the_lazy_loan_events_materialised() -> None:
+    start = datetime(2026, 1, 1, tzinfo=UTC)
+    eager = lifecycle(random.Random(9), "L1", "C1", "P1", start)
+    lazy = [p for _, p in loan_events(random.Random(9), "L1", "C1", "P1", start)]
+    assert eager == lazy
+    assert list(interleave(1, population(1, 10))) == list(interleave(1, population(1, 10)))
+
+
+def test_simulation_is_pure() -> None:
+    source = (Path(__file__).resolve().parents[2] / "lendstream" / "simulation.py").read_text()
+    assert not {m.split(".")[0] for m in imports_of(source, "lendstream")} & FORBIDDEN
