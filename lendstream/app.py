@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -16,7 +17,7 @@ from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.web import Request, Response, View
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from lendstream import analysts, ingest, kafka
+from lendstream import analysts, ingest, kafka, observability
 from lendstream.agents import loans as loan_agent
 from lendstream.agents import timers
 from lendstream.agents.batch import fail_stop
@@ -82,6 +83,7 @@ class Runtime:
     pool: asyncpg.Pool | None = None
     writers: list[CheckpointedWriter[Any]] = field(default_factory=list)
     startup_error: str | None = None
+    health_checks: list[Callable[[], list[str]]] = field(default_factory=list)
 
 
 def create_app(
@@ -165,6 +167,7 @@ def create_app(
     _register_web(app, runtime)
     ingest.register(app, runtime)
     analysts.register(app, runtime)
+    observability.register(app, runtime)
     return app, runtime
 
 
@@ -266,4 +269,6 @@ def health_reasons(app: faust.App, runtime: Runtime) -> list[str]:
         reasons.append("rebalancing")
     if not app.tables.recovery.completed.is_set():
         reasons.append("recovering tables from changelogs")
+    for check in runtime.health_checks:
+        reasons.extend(check())
     return reasons

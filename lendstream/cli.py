@@ -94,6 +94,14 @@ def _parser() -> argparse.ArgumentParser:
         "rebuild", help="rebuild a projection's tables from the retained topics, then swap "
         "them in atomically (the live tables stay readable)")  # fmt: skip
     rebuild.add_argument("name", nargs="?", help="loans (default) or one of its tables")
+
+    lag = command("lag", _lag, "consumer lag per group/topic/partition; needs no worker")
+    lag.add_argument("--group", action="append",
+                     help="consumer group (repeatable; default LENDSTREAM_APP_ID)")  # fmt: skip
+    lag.add_argument("--topic", action="append", default=[], help="show even if not committed")
+    lag.add_argument("--json", action="store_true", help="print JSON (one object per refresh)")
+    lag.add_argument("--watch", nargs="?", type=float, const=2.0, metavar="SECONDS",
+                     help="refresh every SECONDS (default 2) until Ctrl-C")  # fmt: skip
     return parser
 
 
@@ -259,6 +267,19 @@ def _projections(settings: Settings, args: argparse.Namespace) -> int:
 
 def _say_progress(text: str) -> None:
     print(text, file=sys.stderr, flush=True)
+
+
+def _lag(settings: Settings, args: argparse.Namespace) -> int:
+    from lendstream.lag import LagUnavailable, run_command
+
+    if args.watch is not None and args.watch <= 0:
+        raise UserError(f"--watch needs a positive number of seconds, got {args.watch:g}")
+    groups = args.group or [settings.app_id]  # the workers' consumer group
+    try:
+        return run_command(settings, groups, args.topic, args.json, args.watch,
+                           app_group=settings.app_id)  # fmt: skip
+    except LagUnavailable as exc:
+        raise UserError(str(exc)) from None
 
 
 def parse_timestamp(text: str) -> datetime:

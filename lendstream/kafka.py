@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -125,19 +126,59 @@ async def first_offset_from(
     Tells a real hole in a partition (records deleted by retention, transaction markers) from
     records that exist but were not delivered.
     """
-    consumer = _probe_consumer(bootstrap, 64 * 1024, client_options)
+    head = (await first_records_from(bootstrap, {tp: offset}, timeout, client_options))[tp]
+    return head.offset if head else None
+
+
+@dataclass(frozen=True, slots=True)
+class RecordHead:
+    """Where the first record at or after an offset is, and its Kafka timestamp."""
+
+    offset: int
+    timestamp_ms: int  # CreateTime or LogAppendTime, as the topic says; -1 when absent
+
+
+async def first_records_from(
+    bootstrap: str | list[str],
+    offsets: Mapping[TopicPartition, int],
+    timeout: float = PROBE_TIMEOUT_SECONDS,
+    client_options: Mapping[str, Any] | None = None,
+) -> dict[TopicPartition, RecordHead | None]:
+    """The first record at or after the given offset of each partition (None if there is none
+    before the high watermark), in one group-less fetch session.
+
+    An offset below the log start reads from the log start. Raises `TimeoutError` if a
+    partition does not answer within `timeout`.
+    """
+    if not offsets:
+        return {}
+    consumer = _probe_consumer(bootstrap, 1024, client_options)
     await consumer.start()
     try:
-        consumer.assign([tp])
-        consumer.seek(tp, offset)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            records = await consumer.getmany(tp, timeout_ms=200, max_records=1)
-            if records.get(tp):
-                return int(records[tp][0].offset)
-            highwater = consumer.highwater(tp)
-            if highwater is not None and await consumer.position(tp) >= highwater:
-                return None
-        raise TimeoutError(f"no answer for {tp.topic}[{tp.partition}] from offset {offset}")
+        consumer.assign(list(offsets))
+        for tp, offset in offsets.items():
+            consumer.seek(tp, offset)
+        return await _collect_heads(consumer, list(offsets), time.monotonic() + timeout)
     finally:
         await consumer.stop()
+
+
+async def _collect_heads(
+    consumer: AIOKafkaConsumer, tps: list[TopicPartition], deadline: float
+) -> dict[TopicPartition, RecordHead | None]:
+    result: dict[TopicPartition, RecordHead | None] = {}
+    while len(result) < len(tps):
+        if time.monotonic() > deadline:
+            missing = sorted(f"{tp.topic}[{tp.partition}]" for tp in tps if tp not in result)
+            raise TimeoutError(f"no answer for {', '.join(missing)}")
+        pending = [tp for tp in tps if tp not in result]
+        consumer.pause(*[tp for tp in tps if tp in result])
+        fetched = await consumer.getmany(*pending, timeout_ms=200)
+        for tp, records in fetched.items():
+            if records:
+                result[tp] = RecordHead(int(records[0].offset), int(records[0].timestamp))
+        for tp in (tp for tp in pending if tp not in result):
+            highwater = consumer.highwater(tp)
+            if highwater is not None and await consumer.position(tp) >= highwater:
+                result[tp] = None
+    return result

@@ -88,3 +88,66 @@ class Metrics:
             ["topic", "outcome"],
             registry=r,
         )
+        # Observability (lendstream.observability): measured by each worker every
+        # LENDSTREAM_PROBE_INTERVAL, for the whole consumer group, not per message.
+        self.consumer_position = Gauge(
+            PREFIX + "consumer_position",
+            "Next offset the group processes: the later of its Kafka commit and the "
+            "projections' PostgreSQL position",
+            ["group", "topic", "partition"],
+            registry=r,
+        )
+        self.partition_end_offset = Gauge(
+            PREFIX + "partition_end_offset",
+            "High watermark (from a fetch) of a partition the worker consumes",
+            ["topic", "partition"],
+            registry=r,
+        )
+        self.lag_probe_timestamp = Gauge(
+            PREFIX + "lag_probe_timestamp_seconds",
+            "Start time of the probe the consumer_* gauges come from",
+            registry=r,
+        )
+        self.probe_failures = Counter(
+            PREFIX + "probe_failures",
+            "Failed probes of the metrics collector, by target (kafka, postgres)",
+            ["target"],
+            registry=r,
+        )
+        self.dead_letters_retrying = Gauge(
+            PREFIX + "dead_letters_retrying",
+            "Parked dead letters waiting for a retry after a transient failure (part of "
+            "dead_letters{status='parked'})",
+            ["topic"],
+            registry=r,
+        )
+        self.saga_overdue = Gauge(
+            PREFIX + "saga_instances_overdue",
+            "Running saga instances past their deadline",
+            ["saga"],
+            registry=r,
+        )
+        self.saga_retrying = Gauge(
+            PREFIX + "saga_instances_retrying",
+            "Running saga instances whose last attempt failed (being retried)",
+            ["saga"],
+            registry=r,
+        )
+        self.projection_last_advance = Gauge(
+            PREFIX + "projection_last_advance_timestamp_seconds",
+            "When the projection's position in PostgreSQL last moved forward",
+            ["projection"],
+            registry=r,
+        )
+        self.pg_pool_connections = Gauge(
+            PREFIX + "pg_pool_connections",
+            "PostgreSQL pool connections by state (in_use, idle)",
+            ["state"],
+            registry=r,
+        )
+        self.pg_pool_max = Gauge(
+            PREFIX + "pg_pool_max_connections", "PostgreSQL pool size limit", registry=r
+        )
+        self.worker_ready = Gauge(
+            PREFIX + "worker_ready", "1 when /health answers 200 (ready), else 0", registry=r
+        )

@@ -142,6 +142,7 @@ class Settings(BaseSettings):
     kafka_ssl_key_password: Annotated[str | None, BlankIsNone] = Field(default=None, repr=False)
     pg_sslmode: Annotated[PgSslMode | None, BlankIsNone, BeforeValidator(_lower)] = None
     pg_sslrootcert: Annotated[Path | None, BlankIsNone] = None
+    probe_interval: Duration = 5.0  # how often a worker measures lag, dead letters, sagas
 
     app_id: str = Field(
         default="lendstream",
