@@ -94,7 +94,7 @@ class Settings(BaseSettings):
     pg_dsn: str | None = Field(default=None, description="PostgreSQL DSN")
     pg_schema: str = Field(default="lendstream", pattern=r"^[a-z_][a-z0-9_]{0,62}$")
     data_dir: Path = Path("./.lendstream")
-    web_port: int = Field(default=6066, ge=0, le=65535)
+    web_port: int = Field(default=6066, ge=1, le=65535)
     partitions: int = Field(default=8, ge=1, le=10_000)
     replication_factor: int = Field(default=1, ge=1, le=16)
     gateway_url: str | None = None
