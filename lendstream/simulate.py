@@ -20,9 +20,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from lendstream.admin import ensure_topics
-from lendstream.devstack import dev_endpoints
+from lendstream.kafka import with_broker
 from lendstream.producer import kafka_producer, produce_all
-from lendstream.settings import Settings
+from lendstream.settings import Settings, SettingsError
 from lendstream.simulation import Simulation
 from lendstream.topics import PAYMENT_EVENTS
 
@@ -57,15 +57,13 @@ class ProduceReport:
 
 def broker_for(settings: Settings) -> list[str]:
     """Bootstrap servers: `LENDSTREAM_KAFKA`, else the running dev stack's embedded broker."""
-    if settings.kafka:
-        return settings.bootstrap_servers
-    endpoints = dev_endpoints(settings.data_dir)
-    if endpoints is None:
+    try:
+        return with_broker(settings).bootstrap_servers
+    except SettingsError as exc:
         raise NoBroker(
-            "no broker: set LENDSTREAM_KAFKA or start `lendstream dev` "
-            f"(with the same LENDSTREAM_DATA_DIR, now {settings.data_dir})"
-        )
-    return settings.model_copy(update={"kafka": endpoints["kafka"]}).bootstrap_servers
+            f"no broker: set LENDSTREAM_KAFKA or start `lendstream dev` (with the same "
+            f"LENDSTREAM_DATA_DIR, now {settings.data_dir}): {exc}"
+        ) from None
 
 
 def run_simulate(
