@@ -43,24 +43,36 @@ def with_broker(settings: Settings) -> Settings:
     return settings.model_copy(update={"kafka": endpoints["kafka"]})
 
 
-def _probe_consumer(
+def group_less_consumer(
     bootstrap: str | list[str],
-    max_partition_fetch_bytes: int,
-    client_options: Mapping[str, Any] | None,
+    client_options: Mapping[str, Any] | None = None,
+    **config: Any,
 ) -> AIOKafkaConsumer:
-    """A group-less consumer for short look-ups (it never commits or joins a group).
-
-    `client_options`: TLS/SASL arguments (`lendstream.security.kafka_client_options`).
-    """
+    """A consumer outside any group, reading from the start of what it is assigned: it never
+    joins a group or commits. `client_options`: TLS/SASL arguments
+    (`lendstream.security.kafka_client_options`); `config`: further aiokafka settings."""
     return AIOKafkaConsumer(
         bootstrap_servers=bootstrap,
         group_id=None,
         enable_auto_commit=False,
         auto_offset_reset="earliest",
+        **config,
+        **(client_options or {}),
+    )
+
+
+def _probe_consumer(
+    bootstrap: str | list[str],
+    max_partition_fetch_bytes: int,
+    client_options: Mapping[str, Any] | None,
+) -> AIOKafkaConsumer:
+    """A group-less consumer for short look-ups: small fetches, short waits."""
+    return group_less_consumer(
+        bootstrap,
+        client_options,
         fetch_max_wait_ms=50,
         max_partition_fetch_bytes=max_partition_fetch_bytes,
         fetch_max_bytes=64 * 1024,
-        **(client_options or {}),
     )
 
 

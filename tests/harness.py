@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
-from aiokafka import AIOKafkaConsumer
 from aiokafka.partitioner import murmur2
 from aiokafka.structs import ConsumerRecord, TopicPartition
 
@@ -28,7 +27,7 @@ from lendstream.admin import ensure_topics
 from lendstream.agents.batch import FAIL_STOP_EXIT_CODE
 from lendstream.devstack import worker_env
 from lendstream.embedded import free_port, stop_process
-from lendstream.kafka import high_watermarks
+from lendstream.kafka import group_less_consumer, high_watermarks
 from lendstream.producer import kafka_producer, produce_all
 from lendstream.projections.writer import stored_positions
 from lendstream.settings import Settings
@@ -247,10 +246,7 @@ async def read_topics(
     partition's high watermark; sorted by topic, partition and offset."""
     tps = [TopicPartition(t, p) for t in topics for p in range(partitions)]
     ends = await high_watermarks(bootstrap, tps)
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False,
-        auto_offset_reset="earliest",
-    )  # fmt: skip
+    consumer = group_less_consumer(bootstrap)
     await consumer.start()
     records: list[ConsumerRecord[bytes, bytes]] = []
     try:

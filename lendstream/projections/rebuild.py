@@ -45,6 +45,7 @@ from aiokafka.structs import TopicPartition
 from lendstream.analysts import recreate_views
 from lendstream.domain.loans import evolve
 from lendstream.domain.sequencing import Message, Policy
+from lendstream.kafka import group_less_consumer
 from lendstream.projections.loans import PROJECTION, BatchRows, make_apply
 from lendstream.projections.replay import (
     REBUILT_TABLES,
@@ -304,13 +305,7 @@ async def rebuild(
     say: Callable[[str], None],
 ) -> Report:  # fmt: skip
     """Rebuild the loan projection's tables in `settings.pg_schema` (see the module doc)."""
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=bootstrap,
-        group_id=None,
-        enable_auto_commit=False,
-        auto_offset_reset="earliest",
-        **client_options,
-    )
+    consumer = group_less_consumer(bootstrap, client_options)
     await consumer.start()
     try:
         return await Rebuild(settings, dsn, say).run(consumer)

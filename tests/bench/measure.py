@@ -39,13 +39,12 @@ from typing import Any
 import aiohttp
 import asyncpg
 import psutil
-from aiokafka import AIOKafkaConsumer
 from aiokafka.structs import TopicPartition
 from prometheus_client.parser import text_string_to_metric_families
 
 from lendstream.devstack import worker_env
 from lendstream.embedded import free_port, stop_process
-from lendstream.kafka import high_watermarks
+from lendstream.kafka import group_less_consumer, high_watermarks
 from lendstream.projections.writer import stored_positions
 from lendstream.settings import Settings
 from lendstream.simulate import produce_backlog, produce_paced
@@ -498,12 +497,7 @@ def _logged_at(text: str, marker: str) -> float | None:
 
 async def ceiling(bootstrap: list[str], ends: Ends) -> dict[str, Any]:
     """Raw aiokafka consumption of every partition up to `ends`: getmany, no processing."""
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=bootstrap,
-        group_id=None,
-        enable_auto_commit=False,
-        auto_offset_reset="earliest",
-    )
+    consumer = group_less_consumer(bootstrap)
     await consumer.start()
     try:
         remaining = {TopicPartition(t, p): end for (t, p), end in ends.items()}
@@ -535,9 +529,7 @@ async def record_timestamps(
     out: dict[tuple[str, int, int], float] = {}
     if not wanted:
         return out
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False
-    )
+    consumer = group_less_consumer(bootstrap)
     await consumer.start()
     try:
         consumer.assign(list(wanted))

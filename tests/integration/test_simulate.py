@@ -11,12 +11,11 @@ import sys
 
 import orjson
 import pytest
-from aiokafka import AIOKafkaConsumer
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.structs import TopicPartition
 
 from lendstream.embedded import Broker
-from lendstream.kafka import high_watermarks
+from lendstream.kafka import group_less_consumer, high_watermarks
 from lendstream.simulate import produce_paced
 from lendstream.simulation import Produced, Simulation
 from lendstream.topics import LOAN_KEYED
@@ -29,8 +28,7 @@ async def read_everything(bootstrap: str) -> list[tuple[str, int, int, Produced]
     """Every record of the loan-keyed topics as (topic, partition, offset, message)."""
     tps = [TopicPartition(s.name, p) for s in LOAN_KEYED for p in range(PARTITIONS)]
     ends = await high_watermarks(bootstrap, tps)
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None,
-                                auto_offset_reset="earliest")  # fmt: skip
+    consumer = group_less_consumer(bootstrap)
     await consumer.start()
     out = []
     try:
