@@ -90,21 +90,22 @@ class LoanProcessor:
             key = message.key
             states[key], more = handle(states[key], message, self.evolve, now, self.policy)
             outcomes.extend(more)
-        changed = []
+        encoded, changed = {}, []
         for key, keyed in states.items():
-            if keyed != loaded[key]:
-                states[key] = keyed = replace(keyed, seq=loaded[key].seq + 1)
+            is_changed = keyed != loaded[key]
+            if is_changed:
+                keyed = replace(keyed, seq=loaded[key].seq + 1)
+            encoded[key] = loans_table.encode(keyed)  # once: for PostgreSQL and the table
+            if is_changed:
                 partition = last_event[key].message.partition
-                encoded = loans_table.encode(keyed)
-                changed.append(
-                    StateRow(key, keyed.seq, encoded, partition, keyed.next_due(self.policy))
-                )
+                due = keyed.next_due(self.policy)
+                changed.append(StateRow(key, keyed.seq, encoded[key], partition, due))
         rows = rows_for(outcomes, now)
         batch = Item(messages[0].position, BatchRows(rows, changed))
         await self.writer.commit([batch], partition_ends(events), [m.timestamp for m in messages])
-        for key, keyed in states.items():
+        for key, value in encoded.items():
             with as_current(last_event[key]):
-                self.table[key.encode()] = loans_table.encode(keyed)
+                self.table[key.encode()] = value
         self.count(outcomes)
         await self.publish_dead_letters(rows)
 

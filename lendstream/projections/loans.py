@@ -310,7 +310,9 @@ def make_apply(schema: str) -> Any:
             [r.state for r in ordered],
         )  # fmt: skip
         timed = [r for r in ordered if r.due_at is not None]
-        await conn.execute(sql_clear_timers, [r.loan_id for r in ordered if r.due_at is None])
+        untimed = [r.loan_id for r in ordered if r.due_at is None]
+        if untimed:
+            await conn.execute(sql_clear_timers, untimed)
         if timed:
             await conn.execute(
                 sql_set_timers, [r.loan_id for r in timed], [r.partition for r in timed],
