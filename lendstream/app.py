@@ -20,19 +20,32 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from lendstream import analysts, ingest, kafka, observability
 from lendstream.agents import loans as loan_agent
 from lendstream.agents import timers
+from lendstream.agents import treasury as treasury_agent
 from lendstream.agents.batch import fail_stop
 from lendstream.agents.contiguity import ContiguityGuard, StallWatch
+from lendstream.agents.payouts import GatewayCalls, Outbox
 from lendstream.domain import loans as loan_domain
 from lendstream.domain.sequencing import Evolve, Policy
+from lendstream.gateway import GatewayClient
 from lendstream.metrics import Metrics
 from lendstream.projections import loans as loan_projection
+from lendstream.projections import treasury as treasury_projection
 from lendstream.projections.migrate import migrate
 from lendstream.projections.writer import CheckpointedWriter
 from lendstream.recovery import FixedRecovery
+from lendstream.sagas.payout import SagaPolicy
 from lendstream.security import faust_broker_credentials, kafka_client_options, postgres_dsn
 from lendstream.settings import Settings
 from lendstream.tables import loans as loans_table
-from lendstream.topics import DEAD_LETTERS_TOPIC, LOAN_CONTROL, LOAN_PROCESSOR_INPUTS
+from lendstream.tables import treasury as lines_table
+from lendstream.topics import (
+    CUSTOMER_NOTIFICATIONS_TOPIC,
+    DEAD_LETTERS_TOPIC,
+    LOAN_CONTROL,
+    LOAN_PROCESSOR_INPUTS,
+    TREASURY_EVENTS,
+)
+from lendstream.topics.treasury import COMMANDS_TOPIC as TREASURY_COMMANDS
 
 log = logging.getLogger(__name__)
 APP_ID = "lendstream"
@@ -94,7 +107,7 @@ def create_app(
     """A worker app for `settings` (which must name a broker and a PostgreSQL DSN).
 
     `evolve` is the loan fold; tests replace it to inject transient failures."""
-    settings.require("kafka", "pg_dsn")
+    settings.require("kafka", "pg_dsn", *(("gateway_url",) if settings.payout_saga else ()))
     runtime = Runtime(settings, metrics or Metrics())
     datadir = (settings.data_dir / "worker").resolve()
     datadir.mkdir(parents=True, exist_ok=True)
@@ -152,15 +165,30 @@ def create_app(
     )
     policy = Policy(backoff=settings.retry_backoff, park_deadline=settings.park_deadline)
     _watch_for_stalls(app, runtime, writer, settings, guard)
-    processor = loan_agent.LoanProcessor(
-        table, writer, guard, runtime.metrics, settings.pg_schema, evolve, policy, dead_letters
-    )
-    loan_agent.register(
-        app, topic, processor, settings.batch_max, settings.batch_within, runtime.ready
-    )
+
+    async def produce(topic: str, key: bytes, value: bytes, partition: int | None) -> Any:
+        return await app.producer.send(topic, key, value, partition, None, None)
 
     async def send_command(loan_id: str, partition: int, value: bytes) -> None:
         await control.send(key=loan_id.encode(), value=value, partition=partition)
+
+    gateway = None
+    if settings.payout_saga:
+        gateway = GatewayCalls(GatewayClient.from_settings(settings), send_command)
+    processor = loan_agent.LoanProcessor(
+        table, writer, guard, runtime.metrics, settings.pg_schema, evolve, policy,
+        Outbox(produce), saga_policy(settings, policy), gateway, dead_letters,
+    )  # fmt: skip
+    loan_agent.register(
+        app, topic, processor, settings.batch_max, settings.batch_within, runtime.ready
+    )
+    _register_treasury(app, runtime, Outbox(produce))
+    notifications = app.topic(CUSTOMER_NOTIFICATIONS_TOPIC, key_serializer="raw",
+                              value_serializer="raw")  # fmt: skip
+
+    @app.task
+    async def declare_outbox_topic() -> None:
+        await notifications.maybe_declare()
 
     timers.register(app, timers.TimerSweep(writer, settings.pg_schema, send_command), runtime.ready)
     _register_startup(app, runtime)
@@ -169,6 +197,39 @@ def create_app(
     analysts.register(app, runtime)
     observability.register(app, runtime)
     return app, runtime
+
+
+def saga_policy(settings: Settings, policy: Policy) -> SagaPolicy:
+    """The saga's timing: gateway retries on the retry backoff, `LENDSTREAM_SAGA_DEADLINE`, no
+    re-send of a step sooner than `SAGA_RESEND_SECONDS`, and no new gateway call while one may
+    still be answering."""
+    answer = settings.gateway_connect_timeout + settings.gateway_read_timeout + 1.0
+    return SagaPolicy(policy, settings.saga_deadline, SAGA_RESEND_SECONDS, answer)
+
+
+SAGA_RESEND_SECONDS = 5.0
+
+
+def _register_treasury(app: faust.App, runtime: Runtime, outbox: Outbox) -> None:
+    settings = runtime.settings
+    topic = app.topic(
+        TREASURY_EVENTS.name, TREASURY_COMMANDS, key_serializer="raw", value_serializer="raw",
+        partitions=settings.partitions,
+    )  # fmt: skip
+    writer: CheckpointedWriter[treasury_projection.TreasuryRows] = CheckpointedWriter(
+        pool=None,  # type: ignore[arg-type]  # set once the pool exists
+        schema=settings.pg_schema,
+        projection=treasury_projection.PROJECTION,
+        apply=treasury_projection.make_apply(settings.pg_schema),
+        metrics=runtime.metrics,
+        skip_seen=False,  # the processor drops what is stored before folding
+    )
+    runtime.writers.append(writer)
+    table = lines_table.declare(app, settings.partitions)
+    processor = treasury_agent.TreasuryProcessor(table, writer, outbox, settings.pg_schema)
+    treasury_agent.register(
+        app, topic, processor, settings.batch_max, settings.batch_within, runtime.ready
+    )
 
 
 STALL_PATIENCE_SECONDS = 60.0

@@ -99,6 +99,11 @@ _example("ReplayDeadLetter", _L, {"dead_letter_id": "loan-events:3:1042"})
 _example("DiscardDeadLetter", _L, {"dead_letter_id": "loan-events:3:1042",
                                    "reason": "duplicate sent by origination"})  # fmt: skip
 _example("FireTimers", _L, {})
+_example(
+    "GatewayAnswered",
+    _L,
+    {"attempt": 1, "kind": "transient", "reason": "gateway answered HTTP 503"},
+)
 
 
 @dataclass(frozen=True)

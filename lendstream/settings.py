@@ -98,6 +98,8 @@ class Settings(BaseSettings):
     partitions: int = Field(default=8, ge=1, le=10_000)
     replication_factor: int = Field(default=1, ge=1, le=16)
     gateway_url: str | None = None
+    # false: payout events come from elsewhere and no payout saga is started (contract §5 off)
+    payout_saga: bool = True
 
     park_deadline: Duration = 3600.0
     saga_deadline: Duration = 900.0

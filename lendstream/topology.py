@@ -7,7 +7,7 @@ co-partitioned) and `LENDSTREAM_REPLICATION_FACTOR` replicas, and:
 
 | kind | topics | cleanup / retention |
 |---|---|---|
-| event log | the topics of `lendstream.topics.ALL`, `dead-letters` | delete, `retention.ms=-1`, `retention.bytes=-1`: kept forever, because `projections rebuild` and a new table replay them from offset 0 |
+| event log | the topics of `lendstream.topics.ALL`, `dead-letters`, `treasury-commands` | delete, `retention.ms=-1`, `retention.bytes=-1`: kept forever, because `projections rebuild` and a new table replay them from offset 0 |
 | changelog | `lendstream-<table>-changelog` | `cleanup.policy=compact`: the latest value per key is enough to restore a table |
 | outbox | `customer-notifications` | delete after 7 days: read by the notification service, never replayed by lendstream |
 
@@ -33,6 +33,7 @@ from enum import StrEnum
 
 from lendstream.settings import ENV_PREFIX, Settings
 from lendstream.topics import ALL, CUSTOMER_NOTIFICATIONS_TOPIC, DEAD_LETTERS_TOPIC
+from lendstream.topics.treasury import COMMANDS_TOPIC as TREASURY_COMMANDS_TOPIC
 
 FOREVER = "-1"
 NOTIFICATION_RETENTION_MS = str(7 * 24 * 3600 * 1000)
@@ -122,6 +123,7 @@ def desired_topics(settings: Settings, tables: Iterable[str] | None = None) -> l
     kinds: list[tuple[str, str, dict[str, str]]] = [
         *[(spec.name, "event log", event_log) for spec in ALL],
         (DEAD_LETTERS_TOPIC, "event log", event_log),
+        (TREASURY_COMMANDS_TOPIC, "event log", event_log),
         (CUSTOMER_NOTIFICATIONS_TOPIC, "outbox", outbox),
         *[
             (changelog_topic(t), "changelog", changelog)

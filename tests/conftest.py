@@ -52,6 +52,7 @@ def pipeline(
         partitions=8,
         kafka_session_timeout=6.0,
         kafka_heartbeat_interval=1.0,
+        payout_saga=False,  # the traffic writes payout events itself; saga tests turn it on
         _env_file=None,  # type: ignore[call-arg]
     )
     pipe = Pipeline(settings, tmp_path)

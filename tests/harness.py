@@ -152,14 +152,25 @@ class Pipeline:
         finally:
             await pool.close()
 
-    async def caught_up(self, projection: str = "loans") -> bool:
+    async def caught_up(self, projection: str = "loans", topics: Iterable[str] = ()) -> bool:
+        """The projection's positions reach every produced end offset (of `topics` only, if
+        given)."""
         stored = await self.positions(projection)
-        return all(stored.get(tp, -1) >= offset for tp, offset in self.ends.items())
+        wanted = set(topics)
+        return all(
+            stored.get(tp, -1) >= offset
+            for tp, offset in self.ends.items()
+            if not wanted or tp[0] in wanted
+        )
 
-    async def wait_caught_up(self, timeout: float, projection: str = "loans") -> None:
-        """Wait until the projection's stored positions reach every produced end offset."""
+    async def wait_caught_up(
+        self, timeout: float, projection: str = "loans", topics: Iterable[str] = ()
+    ) -> None:
+        """Wait until the projection's stored positions reach every produced end offset (of
+        `topics` only, if given)."""
+        topics = tuple(topics)
         deadline = time.monotonic() + timeout
-        while not await self.caught_up(projection):
+        while not await self.caught_up(projection, topics):
             if time.monotonic() > deadline:
                 tails = "\n\n".join(w.log_tail() for w in self.workers)
                 missing = {

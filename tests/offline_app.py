@@ -18,6 +18,7 @@ def offline_app(data_dir: Path, **values: object) -> faust.App:
         _env_file=None,  # type: ignore[call-arg]
         kafka="kafka://127.0.0.1:9",
         pg_dsn="postgresql://x@127.0.0.1:9/x",
+        gateway_url="http://127.0.0.1:9",
         data_dir=data_dir,
         **values,  # type: ignore[arg-type]
     )

@@ -1,12 +1,14 @@
 """The loan processor: consumes the co-partitioned loan-keyed topics and `loan-control` in
 batches.
 
-Per batch: check that no message was skipped; load each loan's state from the `loans` table,
-taking PostgreSQL's copy instead where it is newer; fold each message into its loan's state with
-the pure sequencing logic (`sequencing.handle`: events, operator commands, timers); commit all
-resulting rows, the changed states with their timers, and the Kafka positions in one PostgreSQL
-transaction; then write each touched loan once to the table, publish the batch's dead-letter
-changes to `dead-letters`, and let Faust ack.
+Per batch: check that no message was skipped; load each loan's state (and payout saga) from
+the `loans` table, taking PostgreSQL's copy instead where it is newer; fold each message into
+its loan's state and saga with the pure logic (`sagas.loans.handle_message`: events, operator
+commands, timers, gateway answers); send the saga's records and the customer notifications
+(acknowledged by Kafka); commit all resulting rows, the changed states with their timers, and
+the Kafka positions in one PostgreSQL transaction; then write each touched loan once to the
+table, start the saga's gateway calls, publish the batch's dead-letter changes to
+`dead-letters`, and let Faust ack.
 
 PostgreSQL's copy of the state is written atomically with the read models; the RocksDB table
 is the fast path. After a SIGKILL the table can be behind (its changelog loses the writes that
@@ -27,6 +29,7 @@ from faust.types import EventT, StreamT
 
 from lendstream.agents.batch import as_current, fail_stop, partition_ends, to_message
 from lendstream.agents.contiguity import ContiguityGuard
+from lendstream.agents.payouts import GatewayCalls, Outbox
 from lendstream.domain.loans import Loan
 from lendstream.domain.sequencing import (
     TRANSIENT,
@@ -38,7 +41,6 @@ from lendstream.domain.sequencing import (
     Outcome,
     Parked,
     Policy,
-    handle,
 )
 from lendstream.metrics import Metrics
 from lendstream.projections.loans import (
@@ -48,8 +50,12 @@ from lendstream.projections.loans import (
     dead_letter_records,
     newer_states_sql,
     rows_for,
+    saga_row,
 )
 from lendstream.projections.writer import CheckpointedWriter, Item
+from lendstream.sagas import fanout
+from lendstream.sagas.loans import handle_message, next_due
+from lendstream.sagas.payout import Command, PayoutSaga, SagaPolicy
 from lendstream.tables import loans as loans_table
 from lendstream.topics import LOAN_PROCESSOR_INPUTS
 
@@ -67,6 +73,9 @@ class LoanProcessor:
         schema: str,
         evolve: Evolve[Loan],
         policy: Policy,
+        outbox: Outbox,
+        saga_policy: SagaPolicy,
+        gateway: GatewayCalls | None = None,
         dead_letters: faust.TopicT | None = None,
     ) -> None:
         self.newer_sql = newer_states_sql(schema)
@@ -76,6 +85,9 @@ class LoanProcessor:
         self.metrics = metrics
         self.evolve = evolve
         self.policy = policy
+        self.outbox = outbox
+        self.saga_policy = saga_policy
+        self.gateway = gateway  # None: no saga is started (payout events come from elsewhere)
         self.dead_letters = dead_letters
 
     async def process(self, events: list[EventT]) -> None:
@@ -84,43 +96,60 @@ class LoanProcessor:
         messages = [to_message(event, SPECS) for event in events]
         last_event = {m.key: event for m, event in zip(messages, events, strict=True)}
         loaded = await self.load(last_event)
-        states = dict(loaded)
+        states = {key: keyed for key, (keyed, _) in loaded.items()}
+        sagas = {key: saga for key, (_, saga) in loaded.items()}
         outcomes: list[Outcome[Loan]] = []
+        commands: list[tuple[int, Command]] = []
         for message in messages:
             key = message.key
-            states[key], more = handle(states[key], message, self.evolve, now, self.policy)
+            states[key], sagas[key], more, saga_commands = handle_message(
+                states[key], sagas[key], message, self.evolve, now, self.policy,
+                self.saga_policy, saga_enabled=self.gateway is not None,
+            )  # fmt: skip
             outcomes.extend(more)
-        encoded, changed = {}, []
+            commands.extend((message.position.partition, c) for c in saga_commands)
+        encoded, changed, saga_rows = {}, [], []
         for key, keyed in states.items():
-            is_changed = keyed != loaded[key]
+            old_keyed, old_saga = loaded[key]
+            is_changed = keyed != old_keyed or sagas[key] != old_saga
             if is_changed:
-                keyed = replace(keyed, seq=loaded[key].seq + 1)
-            encoded[key] = loans_table.encode(keyed)  # once: for PostgreSQL and the table
+                keyed = replace(keyed, seq=old_keyed.seq + 1)
+            encoded[key] = loans_table.encode(keyed, sagas[key])  # once: PostgreSQL and table
             if is_changed:
                 partition = last_event[key].message.partition
-                due = keyed.next_due(self.policy)
+                due = next_due(keyed, sagas[key], self.policy)
                 changed.append(StateRow(key, keyed.seq, encoded[key], partition, due))
+                if sagas[key] is not None and sagas[key] != old_saga:
+                    saga_rows.append(saga_row(sagas[key], keyed.seq))
         rows = rows_for(outcomes, now)
-        batch = Item(messages[0].position, BatchRows(rows, changed))
+        calls = self.outbox.add_commands(commands)
+        for note in notifications(outcomes):
+            self.outbox.add_notification(note)
+        await self.outbox.flush()
+        batch = Item(messages[0].position, BatchRows(rows, changed, saga_rows))
         await self.writer.commit([batch], partition_ends(events), [m.timestamp for m in messages])
         for key, value in encoded.items():
             with as_current(last_event[key]):
                 self.table[key.encode()] = value
+        if self.gateway is not None:
+            self.gateway.start(calls)
         self.count(outcomes)
         await self.publish_dead_letters(rows)
 
-    async def load(self, events_by_key: dict[str, EventT]) -> dict[str, Keyed[Loan]]:
-        """Each key's state: the table's, or PostgreSQL's where that one is newer."""
+    async def load(
+        self, events_by_key: dict[str, EventT]
+    ) -> dict[str, tuple[Keyed[Loan], PayoutSaga | None]]:
+        """Each key's state and saga: the table's, or PostgreSQL's where that one is newer."""
         raw = {}
         for key, event in events_by_key.items():
             with as_current(event):
                 raw[key] = self.table.get(key.encode())
-        states = {key: loans_table.decode(value) for key, value in raw.items()}
+        states = {key: loans_table.decode_with_saga(value) for key, value in raw.items()}
         keys = list(raw)
-        seqs = [states[k].seq for k in keys]
+        seqs = [states[k][0].seq for k in keys]
         newer = await self.writer.fetch(self.newer_sql, keys, seqs)
         for row in newer:
-            states[row["loan_id"]] = loans_table.decode(row["state"])
+            states[row["loan_id"]] = loans_table.decode_with_saga(row["state"])
         if newer:
             log.warning("%d loan states were behind in the table; took PostgreSQL's", len(newer))
         return states
@@ -146,6 +175,17 @@ class LoanProcessor:
                 if status == "parked" and pending.error_class == TRANSIENT:
                     status = "retried"
                 self.metrics.events.labels(pending.position.topic, kind, status).inc()
+
+
+def notifications(outcomes: list[Outcome[Loan]]) -> list[fanout.Notification]:
+    """The customer messages of a batch's applied events (contract §5.4)."""
+    found = []
+    for outcome in outcomes:
+        if isinstance(outcome, Applied):
+            note = fanout.notification(outcome.event, outcome.before, outcome.after)
+            if note is not None:
+                found.append(note)
+    return found
 
 
 def register(app: faust.App, topic: faust.TopicT, processor: LoanProcessor, batch_max: int,

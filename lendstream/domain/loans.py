@@ -54,6 +54,9 @@ UPSTREAM_TYPES = (LoanApplied, LoanApproved, LoanRejected, LoanCanceled, Repayme
 #: Saga step events: applied on any known loan, never change its status.
 STEP_TYPES = (FundsReserved, FundsReservationFailed, PayoutSent, FundsReleased)
 
+#: Saga events that can follow a cancellation the saga accepted (it then compensates).
+RACING_CANCELLATION = (PayoutRequested, PayoutFailed)
+
 # What supplies a missing dependency, by what the parked event waits for.
 NEEDS_LOAN = frozenset({"LoanApplied"})
 NEEDS_APPROVAL = frozenset({"LoanApproved"})
@@ -125,6 +128,8 @@ def evolve(loan: Loan | None, event: Event) -> Loan:
         raise LifecycleViolation(f"{event.type} on a {loan.status} loan")
     if isinstance(event, STEP_TYPES):
         return replace(loan, payout_sent=True) if isinstance(event, PayoutSent) else loan
+    if isinstance(event, RACING_CANCELLATION) and loan.status == LoanStatus.CANCELED:
+        return loan  # the saga's own step, overtaken by a cancellation it compensates
     handler = _HANDLERS.get(type(event))
     if handler is None:
         raise LifecycleViolation(f"{event.type} is not a loan event")

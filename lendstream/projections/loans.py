@@ -1,5 +1,6 @@
 """The loan projection: outcomes of the loan processor -> `loan_summary`, `loan_history`,
-`customer_exposure`, `event_log` and `dead_letters` rows.
+`customer_exposure`, `event_log`, `dead_letters`, `ledger_entries`, `daily_payouts` and
+`saga_instances` rows.
 
 `rows_for` is pure (outcomes in, row tuples out); `apply` runs the statements inside the
 writer's transaction.
@@ -10,22 +11,23 @@ other effects the second time (an event that was parked may now apply at once). 
 logged once by `event_id`; history rows are keyed by (loan, version); a summary only moves to a
 higher version; exposure changes by the difference between the summary being written and the
 one stored (read under a row lock), which is exact however often a batch is replayed and when
-several workers touch one customer; and a dead letter's status never moves back from a final
-state.
+several workers touch one customer (daily payouts count a loan when its stored summary first
+moves to paid out, the same way); ledger entries are keyed by the event's id; a saga row only
+moves to a higher state `seq`; and a dead letter's status never moves back from a final state.
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
-from datetime import datetime
+from dataclasses import astuple, dataclass, field, replace
+from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
 import orjson
 
-from lendstream.domain.loans import ACTIVE, Loan
+from lendstream.domain.loans import ACTIVE, DISBURSED, Loan
 from lendstream.domain.sequencing import (
     Applied,
     Dead,
@@ -36,6 +38,8 @@ from lendstream.domain.sequencing import (
     Parked,
     Pending,
 )
+from lendstream.sagas.fanout import LedgerEntry, ledger_entries
+from lendstream.sagas.payout import PayoutSaga
 from lendstream.topics.codec import encode_event
 from lendstream.topics.envelope import Event
 
@@ -86,6 +90,7 @@ class LoanRows:
     applied_ids: list[str] = field(default_factory=list)
     dead_letters: list[tuple[Any, ...]] = field(default_factory=list)
     discarded: list[tuple[str, str]] = field(default_factory=list)  # (dead letter id, reason)
+    ledger: list[LedgerEntry] = field(default_factory=list)
 
     @property
     def summaries(self) -> list[Loan]:
@@ -152,6 +157,7 @@ def rows_for(outcomes: Sequence[Outcome[Loan]], now: datetime) -> LoanRows:
             before, after = outcome.before, outcome.after
             if before is None or after.version != before.version:
                 rows.versions.append(after)
+            rows.ledger.extend(ledger_entries(outcome.event, before, after))
         if isinstance(outcome, Applied | Duplicate) and outcome.released is not None:
             rows.dead_letters.append(_released_row(outcome, now))
         elif isinstance(outcome, Parked | Dead):
@@ -209,6 +215,30 @@ def exposure_deltas(
     return newer, dict(deltas)
 
 
+def payout_deltas(
+    summaries: Sequence[Loan], stored: dict[str, tuple[int, str, int, str, str]]
+) -> dict[tuple[Any, str, str], list[int]]:
+    """`daily_payouts` increments, (day, partner, currency) -> [payouts, amount], of the
+    summaries (those that move a loan forward) whose loan was not paid out as stored (pure)."""
+    deltas: dict[tuple[Any, str, str], list[int]] = defaultdict(lambda: [0, 0])
+    for loan in summaries:
+        old = stored.get(loan.loan_id)
+        if loan.paid_out_at is None or (old is not None and old[1] in DISBURSED):
+            continue
+        delta = deltas[(loan.paid_out_at.astimezone(UTC).date(), loan.partner_id, loan.currency)]
+        delta[0] += 1
+        delta[1] += loan.approved_amount_cents or 0
+    return dict(deltas)
+
+
+def saga_row(saga: PayoutSaga, state_seq: int) -> tuple[Any, ...]:
+    return (
+        saga.saga_id, saga.saga_type, saga.loan_id, saga.status, saga.step, saga.attempts,
+        saga.started_at, saga.updated_at, saga.deadline_at, saga.last_error, state_seq,
+        saga.partner_id, saga.amount_cents, saga.currency,
+    )  # fmt: skip
+
+
 @dataclass(frozen=True)
 class StateRow:
     """One loan a batch changed: its new state, and its timer (None: nothing due)."""
@@ -226,6 +256,7 @@ class BatchRows:
 
     rows: LoanRows
     states: list[StateRow]
+    sagas: list[tuple[Any, ...]] = field(default_factory=list)  # `saga_row`s
 
 
 def make_apply(schema: str) -> Any:
@@ -288,6 +319,24 @@ def make_apply(schema: str) -> Any:
         f"FROM {s}.loan_summary WHERE loan_id = ANY($1::text[]) ORDER BY loan_id FOR UPDATE"
     )
 
+    sql_ledger = (
+        f"INSERT INTO {s}.ledger_entries (entry_id, event_id, loan_id, account, direction, "
+        "amount_cents, currency, booked_at) VALUES ($1,$2,$3,$4,$5,$6,$7,$8) ON CONFLICT DO NOTHING"
+    )
+    sql_daily_payouts = (
+        f"INSERT INTO {s}.daily_payouts AS d (day, partner_id, currency, payouts, amount_cents) "
+        "VALUES ($1, $2, $3, $4, $5) ON CONFLICT (day, partner_id, currency) DO UPDATE SET "
+        "payouts = d.payouts + excluded.payouts, amount_cents = d.amount_cents + excluded.amount_cents"
+    )
+    sql_saga = (
+        f"INSERT INTO {s}.saga_instances AS g (saga_id, saga_type, loan_id, status, step, attempts, "
+        "started_at, updated_at, deadline_at, last_error, state_seq, partner_id, amount_cents, "
+        "currency) VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14) "
+        "ON CONFLICT (saga_id) DO UPDATE SET status = excluded.status, step = excluded.step, "
+        "attempts = excluded.attempts, updated_at = excluded.updated_at, "
+        "deadline_at = excluded.deadline_at, last_error = excluded.last_error, "
+        "state_seq = excluded.state_seq WHERE g.state_seq < excluded.state_seq"
+    )
     sql_state = (
         f"INSERT INTO {s}.loan_state AS l (loan_id, seq, state) "
         "SELECT * FROM unnest($1::text[], $2::bigint[], $3::bytea[]) "
@@ -323,6 +372,8 @@ def make_apply(schema: str) -> Any:
         for batch in payloads:
             await apply_states(conn, batch.states)
             await apply_rows(conn, batch.rows)
+            if batch.sagas:
+                await conn.executemany(sql_saga, sorted(batch.sagas))
 
     async def apply_rows(conn: asyncpg.Connection, rows: LoanRows) -> None:
         if rows.event_log:
@@ -346,6 +397,12 @@ def make_apply(schema: str) -> Any:
             await conn.executemany(
                 sql_exposure, [(c, cur, a, o) for (c, cur), (a, o) in sorted(deltas.items())]
             )
+            payouts = payout_deltas(newer, stored)
+            await conn.executemany(
+                sql_daily_payouts, [(*k, n, amount) for k, (n, amount) in sorted(payouts.items())]
+            )
+        if rows.ledger:
+            await conn.executemany(sql_ledger, [astuple(e) for e in rows.ledger])
         if rows.dead_letters:
             await conn.executemany(sql_dead_letter, rows.dead_letters)
         if rows.applied_ids:

@@ -109,11 +109,19 @@ class SagaPolicy:
 
     retry: Policy = DEFAULT_POLICY
     deadline: float = 900.0
+    resend_after: float = 0.0  # at least this long before a step's commands are sent again
+    answer_within: float = 0.0  # at least this long for a gateway answer before calling again
 
     def pause(self, attempt: int) -> timedelta:
         """Wait after the `attempt`-th try (1-based), the last tier repeating."""
         backoff = self.retry.backoff or (1.0,)
         return timedelta(seconds=backoff[min(attempt, len(backoff)) - 1])
+
+    def resend_pause(self, attempt: int) -> timedelta:
+        return max(self.pause(attempt), timedelta(seconds=self.resend_after))
+
+    def answer_pause(self, attempt: int) -> timedelta:
+        return max(self.pause(attempt), timedelta(seconds=self.answer_within))
 
 
 DEFAULT_SAGA_POLICY = SagaPolicy()
@@ -224,7 +232,7 @@ def start(
         started_at=now,
         updated_at=now,
         deadline_at=now + timedelta(seconds=policy.deadline),
-        wake_at=now + policy.pause(1),
+        wake_at=now + policy.resend_pause(1),
         correlation_id=approved.correlation_id or approved.event_id,
         step_cause=approved.event_id,
     )
@@ -318,7 +326,7 @@ def on_timer(
             return _fail(saga, now, policy, _with_last_error(saga, reason))
         return _call(saga, now, policy)
     resends = saga.resends + 1
-    saga = replace(saga, resends=resends, wake_at=now + policy.pause(resends + 1))
+    saga = replace(saga, resends=resends, wake_at=now + policy.resend_pause(resends + 1))
     return saga, _step_commands(saga, saga.step_cause)
 
 
@@ -417,7 +425,7 @@ def _advance(
 ) -> Reaction:
     """Enter `step` and issue its commands, with a fresh wake-up for re-sending them."""
     moved = replace(
-        saga, step=step, updated_at=now, resends=0, wake_at=now + policy.pause(1),
+        saga, step=step, updated_at=now, resends=0, wake_at=now + policy.resend_pause(1),
         step_cause=cause or saga.step_cause,
     )  # fmt: skip
     return moved, _step_commands(moved, moved.step_cause)
@@ -426,7 +434,8 @@ def _advance(
 def _call(saga: PayoutSaga, now: datetime, policy: SagaPolicy) -> Reaction:
     """Make the next gateway attempt; the wake-up is a watchdog for a lost answer."""
     attempt = saga.attempts + 1
-    calling = replace(saga, attempts=attempt, updated_at=now, wake_at=now + policy.pause(attempt))
+    wake_at = now + policy.answer_pause(attempt)
+    calling = replace(saga, attempts=attempt, updated_at=now, wake_at=wake_at)
     return calling, [_gateway_call(calling)]
 
 

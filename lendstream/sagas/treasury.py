@@ -20,9 +20,11 @@ touching the amounts — which is how a crash between saving the line and emitti
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from datetime import datetime
 from typing import Literal
+
+import orjson
 
 from lendstream.domain.errors import LifecycleViolation
 from lendstream.topics.envelope import Event
@@ -269,3 +271,29 @@ def payout_event(
             "data": {"payout_id": payout_id, **data},
         }
     )
+
+
+# -- wire format of the commands (`treasury-commands`, key `partner_id`) ------------------------
+
+_COMMAND_TYPES: dict[str, type[TreasuryCommand]] = {
+    cls.__name__: cls for cls in (Reserve, Release, Disburse, ReturnPrincipal)
+}
+
+
+def encode_command(command: TreasuryCommand, reply_partition: int | None = None) -> bytes:
+    """The JSON value of `command` on `treasury-commands`; `reply_partition` is the partition
+    of the loan's `payout-events`, where the answer goes."""
+    body = {"kind": type(command).__name__, "reply_partition": reply_partition}
+    body.update(asdict(command))
+    return orjson.dumps(body)
+
+
+def decode_command(raw: bytes) -> tuple[TreasuryCommand, int | None]:
+    """`(command, reply partition)`; raises `ValueError` for anything else."""
+    try:
+        body = orjson.loads(raw)
+        kind = _COMMAND_TYPES[body.pop("kind")]
+        reply_partition = body.pop("reply_partition", None)
+        return kind(**body), reply_partition
+    except (orjson.JSONDecodeError, KeyError, TypeError, AttributeError) as exc:
+        raise ValueError(f"not a treasury command: {exc!r}") from exc

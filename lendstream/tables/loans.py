@@ -1,4 +1,5 @@
-"""The `loans` table: loan_id -> the loan's processing state (aggregate, applied ids, queue).
+"""The `loans` table: loan_id -> the loan's processing state (aggregate, applied ids, queue)
+and its payout saga.
 
 Changelog-backed RocksDB, co-partitioned with the loan-keyed topics; only the loan processor
 writes it, and it replaces values (never mutates them). Values are JSON written by `encode`.
@@ -14,10 +15,12 @@ import orjson
 
 from lendstream.domain.loans import Loan, LoanStatus
 from lendstream.domain.sequencing import Keyed, Pending, Position
+from lendstream.sagas.payout import PayoutSaga
 from lendstream.topics import BY_NAME, Invalid
 
 NAME = "loans"
 _DATETIME_FIELDS = ("applied_at", "updated_at", "approved_at", "paid_out_at", "settled_at")
+_SAGA_DATETIME_FIELDS = ("started_at", "updated_at", "deadline_at", "wake_at")
 
 
 def declare(app: faust.App, partitions: int) -> faust.Table:
@@ -31,27 +34,41 @@ def declare(app: faust.App, partitions: int) -> faust.Table:
     )
 
 
-def encode(keyed: Keyed[Loan]) -> bytes:
-    return orjson.dumps(
-        {
-            "s": keyed.state,
-            "a": sorted(keyed.applied),
-            "q": [_pending_to_json(p) for p in keyed.queue],
-            "n": keyed.seq,
-        }
-    )
+def encode(keyed: Keyed[Loan], saga: PayoutSaga | None = None) -> bytes:
+    value: dict[str, Any] = {
+        "s": keyed.state,
+        "a": sorted(keyed.applied),
+        "q": [_pending_to_json(p) for p in keyed.queue],
+        "n": keyed.seq,
+    }
+    if saga is not None:
+        value["g"] = saga
+    return orjson.dumps(value)
 
 
 def decode(raw: bytes | None) -> Keyed[Loan]:
+    return decode_with_saga(raw)[0]
+
+
+def decode_with_saga(raw: bytes | None) -> tuple[Keyed[Loan], PayoutSaga | None]:
     if raw is None:
-        return Keyed()
+        return Keyed(), None
     obj = orjson.loads(raw)
-    return Keyed(
+    keyed = Keyed(
         state=_loan_from_json(obj["s"]) if obj["s"] else None,
         applied=frozenset(obj["a"]),
         queue=tuple(_pending_from_json(p) for p in obj["q"]),
         seq=obj.get("n", 0),
     )
+    saga = obj.get("g")
+    return keyed, _saga_from_json(saga) if saga else None
+
+
+def _saga_from_json(obj: dict[str, Any]) -> PayoutSaga:
+    for name in _SAGA_DATETIME_FIELDS:
+        if obj.get(name) is not None:
+            obj[name] = datetime.fromisoformat(obj[name])
+    return PayoutSaga(**obj)
 
 
 def _loan_from_json(obj: dict[str, Any]) -> Loan:

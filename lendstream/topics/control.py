@@ -1,7 +1,7 @@
 """`loan-control` (key `loan_id`): commands to the loan processor, written by lendstream itself.
 
-Operators' dead-letter commands (`lendstream dlq replay|discard`) and the timers of parked and
-retrying events travel on this topic so that they take effect in the loan's own order, on the
+Operators' dead-letter commands (`lendstream dlq replay|discard`), the timers of parked and
+retrying events and of payout sagas, and the payout gateway's answers travel on this topic so that they take effect in the loan's own order, on the
 worker that owns the loan's partition. The topic is co-partitioned with the loan-keyed topics;
 producers address the partition of the queue they mean explicitly (the dead letter's partition),
 so a command reaches the right queue even when an upstream producer partitioned by other means.
@@ -12,6 +12,8 @@ from __future__ import annotations
 import uuid
 from datetime import datetime
 from typing import Any, Literal
+
+from pydantic import Field
 
 from lendstream.topics.codec import encode_event
 from lendstream.topics.envelope import Identifier, LoanEvent, Reason, Strict
@@ -54,7 +56,21 @@ class FireTimers(LoanEvent):
     data: FireTimersData
 
 
-COMMANDS = (ReplayDeadLetter, DiscardDeadLetter, FireTimers)
+class GatewayAnsweredData(Strict):
+    attempt: int = Field(ge=1)
+    kind: Literal["sent", "permanent", "transient"]
+    reason: Reason
+
+
+class GatewayAnswered(LoanEvent):
+    """What payout gateway call number `attempt` of the loan's saga came to (contract §5.2),
+    fed back through the loan's own order by the worker that made the call."""
+
+    type: Literal["GatewayAnswered"]
+    data: GatewayAnsweredData
+
+
+COMMANDS = (ReplayDeadLetter, DiscardDeadLetter, FireTimers, GatewayAnswered)
 EVENTS = COMMANDS
 
 

@@ -7,6 +7,9 @@ from typing import Literal
 from lendstream.topics.envelope import Currency, Event, Identifier, NonNegativeCents, Strict
 
 TOPIC = "treasury-events"
+#: Internal: the payout saga's credit-line commands (key `partner_id`, co-partitioned with
+#: `treasury-events`; wire format in `sagas.treasury`).
+COMMANDS_TOPIC = "treasury-commands"
 
 
 class CreditLineSetData(Strict):

@@ -1,0 +1,150 @@
+"""The treasury processor: partner credit lines (contract §5.1), keyed by `partner_id`.
+
+Consumes `treasury-events` (upstream `CreditLineSet`) and `treasury-commands` (the payout
+saga's `Reserve` / `Release` / `Disburse` / `ReturnPrincipal`), co-partitioned. Per batch: drop
+what is at or below the stored positions (so every message takes effect once); load each line
+from the `credit_lines` table, or PostgreSQL's copy where that one is newer; fold the messages
+with the pure `sagas.treasury.react`; send the answers (`FundsReserved`, …) to `payout-events`,
+each on the partition its loan's saga named, and wait for Kafka to acknowledge them; commit
+`partner_credit`, the line states and the positions in one transaction; then write the table.
+
+A message that does not decode, and a `CreditLineSet` that changes the currency while funds are
+in use, become dead letters (status `dead`) and change nothing. The line is not blocked: the
+treasury has no per-partner order to keep beyond Kafka's.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import UTC, datetime
+
+import faust
+from faust.types import EventT, StreamT
+
+from lendstream.agents.batch import as_current, fail_stop, partition_ends, to_message
+from lendstream.agents.payouts import Outbox
+from lendstream.domain.errors import LifecycleViolation
+from lendstream.domain.sequencing import Message, Pending, Position
+from lendstream.projections.loans import dead_letter_row
+from lendstream.projections.treasury import LineRow, TreasuryRows, newer_lines_sql
+from lendstream.projections.writer import CheckpointedWriter, Item
+from lendstream.sagas import treasury
+from lendstream.sagas.treasury import CreditLine, TreasuryInput, decode_command
+from lendstream.tables import treasury as lines_table
+from lendstream.topics import PAYOUT_EVENTS, TREASURY_EVENTS
+from lendstream.topics.codec import Invalid, encode_event
+from lendstream.topics.treasury import COMMANDS_TOPIC
+
+log = logging.getLogger(__name__)
+SPECS = {TREASURY_EVENTS.name: TREASURY_EVENTS}
+
+
+class TreasuryProcessor:
+    def __init__(
+        self, table: faust.Table, writer: CheckpointedWriter[TreasuryRows], outbox: Outbox,
+        schema: str,
+    ) -> None:  # fmt: skip
+        self.table = table
+        self.writer = writer
+        self.outbox = outbox
+        self.newer_sql = newer_lines_sql(schema)
+
+    async def process(self, events: list[EventT]) -> None:
+        stored = await self.writer.stored()
+        fresh = [
+            e for e in events
+            if e.message.offset > stored.get((e.message.topic, e.message.partition), -1)
+        ]  # fmt: skip
+        if not fresh:
+            return
+        now = datetime.now(UTC)
+        last_event = {_key(e): e for e in fresh}
+        lines, seqs = await self.load(last_event)
+        rows = TreasuryRows()
+        changed: set[str] = set()
+        for event in fresh:
+            key = _key(event)
+            try:
+                message, reply_partition = decode(event)
+                lines[key], answers = treasury.react(lines[key], message, now)
+            except (ValueError, LifecycleViolation) as exc:
+                rows.dead_letters.append(_dead_letter(event, exc, now))
+                continue
+            changed.add(key)
+            for answer in answers:
+                self.outbox.add(PAYOUT_EVENTS.name, answer.key, encode_event(answer),
+                                reply_partition)  # fmt: skip
+        encoded = {key: lines_table.encode(lines[key], seqs[key] + 1) for key in changed}
+        rows.lines.extend(LineRow(lines[k], seqs[k] + 1, encoded[k]) for k in sorted(changed))
+        await self.outbox.flush()
+        timestamps = [e.message.timestamp for e in fresh]
+        await self.writer.commit([Item(_position(fresh[0]), rows)], partition_ends(fresh),
+                                 timestamps)  # fmt: skip
+        for key, value in encoded.items():
+            with as_current(last_event[key]):
+                self.table[key.encode()] = value
+
+    async def load(
+        self, events_by_key: dict[str, EventT]
+    ) -> tuple[dict[str, CreditLine], dict[str, int]]:
+        """Each partner's line and seq: the table's, or PostgreSQL's where that one is newer."""
+        loaded = {}
+        for key, event in events_by_key.items():
+            with as_current(event):
+                loaded[key] = lines_table.decode(self.table.get(key.encode()), key)
+        keys = list(loaded)
+        newer = await self.writer.fetch(self.newer_sql, keys, [loaded[k][1] for k in keys])
+        for row in newer:
+            loaded[row["partner_id"]] = lines_table.decode(row["state"], row["partner_id"])
+        return {k: v[0] for k, v in loaded.items()}, {k: v[1] for k, v in loaded.items()}
+
+
+def _key(event: EventT) -> str:
+    key = event.message.key
+    return key.decode("utf-8", "replace") if isinstance(key, bytes) else str(key or "")
+
+
+def _position(event: EventT) -> Position:
+    msg = event.message
+    return Position(msg.topic, msg.partition, msg.offset)
+
+
+def decode(event: EventT) -> tuple[TreasuryInput, int | None]:
+    """The line input a record carries, and where its answer goes; raises `ValueError`."""
+    msg = event.message
+    if msg.topic == COMMANDS_TOPIC:
+        return decode_command(msg.value)
+    decoded = to_message(event, SPECS).decoded
+    if isinstance(decoded, Invalid):
+        raise ValueError(f"{decoded.error_class}: {decoded.reason}")
+    return decoded, None  # type: ignore[return-value]
+
+
+def _dead_letter(event: EventT, exc: Exception, now: datetime) -> tuple[object, ...]:
+    msg = event.message
+    pos = _position(event)
+    decoded = None
+    if msg.topic != COMMANDS_TOPIC:
+        candidate = to_message(event, SPECS).decoded
+        decoded = None if isinstance(candidate, Invalid) else candidate
+    since = datetime.fromtimestamp(msg.timestamp, UTC)
+    error_class = type(exc).__name__
+    pending = Pending(pos, decoded, "dead", error_class, str(exc), since)
+    message = Message(pos, _key(event), msg.timestamp, decoded or Invalid(error_class, str(exc)),
+                      msg.value)  # fmt: skip
+    log.warning("treasury dead letter %s: %s", pending.id, exc)
+    return dead_letter_row(pending, "dead", message, now)
+
+
+def register(app: faust.App, topic: faust.TopicT, processor: TreasuryProcessor, batch_max: int,
+             batch_within: float, ready: object) -> None:  # fmt: skip
+    """Declare the `treasury-processor` agent on `app`."""
+
+    @app.agent(topic, name="treasury-processor")
+    async def treasury_processor(stream: StreamT) -> None:
+        await ready.wait()  # type: ignore[attr-defined]
+        async for events in stream.take_events(batch_max, within=batch_within):
+            try:
+                await processor.process(list(events))
+            except Exception:
+                fail_stop("treasury-processor")

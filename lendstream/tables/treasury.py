@@ -1,0 +1,51 @@
+"""The `credit_lines` table: partner_id -> the partner's credit line (with its holds) and `seq`.
+
+Changelog-backed RocksDB, co-partitioned with `treasury-events` and `treasury-commands`; only
+the treasury processor writes it. `seq` counts the batches that changed the line: PostgreSQL
+keeps a copy (`credit_line_state`) written with `partner_credit`, and the copy with the higher
+`seq` wins (see `agents/treasury.py`).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+import faust
+import orjson
+
+from lendstream.sagas.treasury import CreditLine, Hold
+
+NAME = "credit_lines"
+
+
+def declare(app: faust.App, partitions: int) -> faust.Table:
+    return app.Table(
+        NAME,
+        partitions=partitions,
+        key_type=bytes,
+        value_type=bytes,
+        help="partner_id -> credit line, holds per payout, seq",
+    )
+
+
+def encode(line: CreditLine, seq: int) -> bytes:
+    return orjson.dumps({"l": line, "n": seq})
+
+
+def decode(raw: bytes | None, partner_id: str) -> tuple[CreditLine, int]:
+    """The stored line and its seq; an empty line (limit 0) with seq 0 when there is none."""
+    if raw is None:
+        return CreditLine(partner_id), 0
+    obj = orjson.loads(raw)
+    return _line_from_json(obj["l"]), obj["n"]
+
+
+def _line_from_json(obj: dict[str, Any]) -> CreditLine:
+    holds = tuple((payout_id, Hold(**hold)) for payout_id, hold in obj.pop("holds"))
+    updated_at = obj.pop("updated_at")
+    return CreditLine(
+        **obj,
+        holds=holds,
+        updated_at=datetime.fromisoformat(updated_at) if updated_at else None,
+    )
