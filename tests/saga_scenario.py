@@ -22,9 +22,9 @@ from aiokafka.structs import TopicPartition
 
 from lendstream.gateway_sim import GatewaySimulator
 from lendstream.kafka import high_watermarks
+from lendstream.simulation import Produced
 from lendstream.topics import LOAN_PROCESSOR_INPUTS, TREASURY_EVENTS
 from lendstream.topics.treasury import COMMANDS_TOPIC as TREASURY_COMMANDS
-from lendstream.simulation import Produced
 from tests.harness import Pipeline, read_topics
 
 PARTNERS = [f"P{n}" for n in range(8)]
@@ -169,7 +169,9 @@ async def check_everything(
     assert {f"payout:{r['loan_id']}" for r in booked} == paid
 
     # daily payouts equal the paid-out loans by day and partner
-    daily = await fetch("SELECT day, partner_id, currency, payouts, amount_cents FROM daily_payouts")
+    daily = await fetch(
+        "SELECT day, partner_id, currency, payouts, amount_cents FROM daily_payouts"
+    )
     derived = await fetch(
         "SELECT (paid_out_at AT TIME ZONE 'UTC')::date AS day, partner_id, currency, "
         "count(*)::int AS payouts, sum(approved_amount_cents)::bigint AS amount_cents "
@@ -182,9 +184,8 @@ async def check_everything(
         pipeline.settings.bootstrap_servers, ["customer-notifications"],
         pipeline.settings.partitions,
     )  # fmt: skip
-    kinds = Counter()
-    for note_id, kind in {(n["notification_id"], n["kind"]) for n in map(_json, records)}:
-        kinds[kind] += 1
+    notes = {(n["notification_id"], n["kind"]) for n in map(_json, records)}
+    kinds = Counter(kind for _, kind in notes)
     statuses = Counter(r["status"] for r in summary.values())
     assert kinds["paid_out"] == len(paid)
     assert kinds["payout_failed"] == statuses["payout_failed"]
