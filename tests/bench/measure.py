@@ -627,6 +627,7 @@ async def run_benchmark(
         partitions=partitions,
         kafka_session_timeout=6.0,
         kafka_heartbeat_interval=1.0,
+        payout_saga=False,  # the generated traffic carries its payout events
         _env_file=None,  # type: ignore[call-arg]
     )
     pipeline = Pipeline(settings, root)
