@@ -119,8 +119,9 @@ class LoanProcessor:
                 partition = last_event[key].message.partition
                 due = next_due(keyed, sagas[key], self.policy)
                 changed.append(StateRow(key, keyed.seq, encoded[key], partition, due))
-                if sagas[key] is not None and sagas[key] != old_saga:
-                    saga_rows.append(saga_row(sagas[key], keyed.seq))
+                saga = sagas[key]
+                if saga is not None and saga != old_saga:
+                    saga_rows.append(saga_row(saga, keyed.seq))
         rows = rows_for(outcomes, now)
         calls = self.outbox.add_commands(commands)
         for note in notifications(outcomes):

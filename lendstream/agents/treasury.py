@@ -113,7 +113,7 @@ def decode(event: EventT) -> tuple[TreasuryInput, int | None]:
     """The line input a record carries, and where its answer goes; raises `ValueError`."""
     msg = event.message
     if msg.topic == COMMANDS_TOPIC:
-        return decode_command(msg.value)
+        return decode_command(msg.value or b"")
     decoded = to_message(event, SPECS).decoded
     if isinstance(decoded, Invalid):
         raise ValueError(f"{decoded.error_class}: {decoded.reason}")
