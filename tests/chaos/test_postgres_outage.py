@@ -38,7 +38,7 @@ def own_postgres(tmp_path: Path) -> Iterator[Postgres]:
 @pytest.fixture
 def outage_pipeline(broker: Broker, own_postgres: Postgres, tmp_path: Path) -> Iterator[Pipeline]:
     settings = Settings(
-        kafka=broker.url, pg_dsn=own_postgres.dsn, data_dir=tmp_path / "data", partitions=8,
+        kafka=broker.url, pg_dsn=own_postgres.dsn, data_dir=tmp_path / "data", partitions=8, payout_saga=False,
         kafka_session_timeout=6.0, kafka_heartbeat_interval=1.0, _env_file=None,  # type: ignore[call-arg]
     )  # fmt: skip
     pipe = Pipeline(settings, tmp_path)
