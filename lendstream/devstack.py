@@ -1,9 +1,15 @@
 """`lendstream dev`: the whole system on one machine, with optional simulated traffic.
 
-Starts the embedded broker (unless `LENDSTREAM_KAFKA` is set) and PostgreSQL (unless
-`LENDSTREAM_PG_DSN` is set), creates the topics, runs a worker as a child process and prints a
-progress line every few seconds. Ctrl-C (or SIGTERM) stops the traffic, then the worker
-(SIGTERM, then SIGKILL after a deadline), then PostgreSQL and the broker — each by its own pid.
+Starts the embedded broker (unless `LENDSTREAM_KAFKA` is set), PostgreSQL (unless
+`LENDSTREAM_PG_DSN` is set) and the payout gateway simulator on a free loopback port (unless
+`LENDSTREAM_GATEWAY_URL` is set), creates the topics, runs a worker as a child process and prints
+progress lines every few seconds: loans by status, payout sagas by status, payouts the simulator
+accepted. Ctrl-C (or SIGTERM) stops the traffic, then the worker (SIGTERM, then SIGKILL after a
+deadline), then the simulator, PostgreSQL and the broker — each by its own pid.
+
+Simulated traffic (`--simulate`) first sets a credit line for every partner of the simulated
+population (`simulation.credit_lines`), then produces loan lifecycles; the payout events are the
+saga's, unless `LENDSTREAM_PAYOUT_SAGA=false`, when the traffic writes them itself.
 
 The embedded broker keeps its data in memory, so every `dev` run starts from an empty pipeline:
 the worker's local tables and the read-model schema are reset at start.
@@ -22,17 +28,21 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import asyncpg
 
 from lendstream.admin import ensure_topics
 from lendstream.embedded import Broker, Postgres, start_broker, start_postgres, stop_process
+from lendstream.gateway import PAYOUTS_PATH
+from lendstream.gateway_sim import SimulatorConfig, SimulatorProcess, start_process
 from lendstream.pg import drop_schema
 from lendstream.producer import produce_all, settings_producer
 from lendstream.settings import Settings
-from lendstream.simulation import interleave, population
+from lendstream.simulation import credit_lines, interleave, population
 
 log = logging.getLogger(__name__)
 WORKER_STOP_SECONDS = 30.0
@@ -40,12 +50,20 @@ PROGRESS_EVERY_SECONDS = 3.0
 ENDPOINTS_FILE = "dev-endpoints.json"
 
 
-def run_dev(settings: Settings, simulate: bool, rate: float, seed: int) -> int:
-    """Run until Ctrl-C; returns the process exit code."""
+def run_dev(
+    settings: Settings,
+    simulate: bool,
+    rate: float,
+    seed: int,
+    gateway: SimulatorConfig,
+) -> int:
+    """Run until Ctrl-C; returns the process exit code. `gateway` configures the simulator
+    started when `LENDSTREAM_GATEWAY_URL` is unset."""
     root = settings.data_dir.resolve()
     root.mkdir(parents=True, exist_ok=True)
     broker: Broker | None = None
     pg: Postgres | None = None
+    simulator: SimulatorProcess | None = None
     worker: subprocess.Popen[bytes] | None = None
     stop = _stop_on_signals()
     try:
@@ -55,19 +73,30 @@ def run_dev(settings: Settings, simulate: bool, rate: float, seed: int) -> int:
         if settings.pg_dsn is None:
             pg = start_postgres(root / "pg")
             settings = settings.model_copy(update={"pg_dsn": pg.dsn})
+        if settings.gateway_url is None:
+            simulator = start_process(extra_args=simulator_args(gateway))
+            settings = settings.model_copy(update={"gateway_url": simulator.url})
         _say(f"broker {settings.kafka}  postgres {settings.pg_dsn}")
+        _say(f"payout gateway {settings.gateway_url}" + (
+            f" (simulator pid {simulator.pid}: {gateway.transient_rate:.0%} transient, "
+            f"{gateway.permanent_rate:.0%} permanent failures)" if simulator else ""
+        ))  # fmt: skip
         _write_endpoints(root, settings)
         _reset_local_state(settings, embedded_broker=broker is not None)
         asyncio.run(ensure_topics(settings))
         worker = _spawn_worker(settings, root / "logs" / "worker.log")
         _say(f"worker pid {worker.pid}, logs in {root / 'logs' / 'worker.log'}; Ctrl-C stops")
-        asyncio.run(_supervise(settings, worker, stop, simulate, rate, seed))
+        simulator_url = simulator.url if simulator else None
+        asyncio.run(_supervise(settings, worker, stop, simulate, rate, seed, simulator_url))
         return 0
     finally:
         (root / ENDPOINTS_FILE).unlink(missing_ok=True)
         if worker is not None and worker.poll() is None:
             _say("stopping worker")
             stop_process(worker.pid, grace=WORKER_STOP_SECONDS)
+        if simulator is not None:
+            _say("stopping payout gateway simulator")
+            simulator.stop()
         if pg is not None:
             _say("stopping postgres")
             pg.stop()
@@ -77,14 +106,28 @@ def run_dev(settings: Settings, simulate: bool, rate: float, seed: int) -> int:
         _say("stopped")
 
 
+def simulator_args(config: SimulatorConfig) -> tuple[str, ...]:
+    """`lendstream gateway-sim` options for `config`'s failure rates and seed."""
+    return ("--transient-rate", str(config.transient_rate),
+            "--permanent-rate", str(config.permanent_rate), "--seed", str(config.seed),
+            "--hang-seconds", str(config.hang_seconds))  # fmt: skip
+
+
 def _write_endpoints(root: Path, settings: Settings) -> None:
-    """Tell other commands (`simulate`, `dlq`) where this dev stack's broker and PostgreSQL are."""
-    endpoints = {"kafka": settings.kafka, "pg_dsn": settings.pg_dsn, "pid": os.getpid()}
+    """Tell other commands (`simulate`, `dlq`) where this dev stack's broker, PostgreSQL and
+    payout gateway are."""
+    endpoints = {
+        "kafka": settings.kafka,
+        "pg_dsn": settings.pg_dsn,
+        "gateway_url": settings.gateway_url,
+        "pid": os.getpid(),
+    }
     (root / ENDPOINTS_FILE).write_text(json.dumps(endpoints))
 
 
 def dev_endpoints(data_dir: Path) -> dict[str, Any] | None:
-    """The broker (`kafka`) and `pg_dsn` of a `lendstream dev` running on `data_dir`, or None
+    """The broker (`kafka`), `pg_dsn` and `gateway_url` of a `lendstream dev` running on
+    `data_dir`, or None
     when none runs there (no file, or the process that wrote it is gone)."""
     try:
         endpoints = json.loads((data_dir.resolve() / ENDPOINTS_FILE).read_text())
@@ -147,8 +190,9 @@ async def _supervise(
     simulate: bool,
     rate: float,
     seed: int,
+    simulator_url: str | None,
 ) -> None:
-    tasks = [asyncio.create_task(_progress(settings, worker))]
+    tasks = [asyncio.create_task(_progress(settings, worker, simulator_url))]
     if simulate:
         tasks.append(asyncio.create_task(_traffic(settings, rate, seed)))
     try:
@@ -164,12 +208,16 @@ async def _supervise(
 
 
 async def _traffic(settings: Settings, rate: float, seed: int) -> None:
-    """Produce simulated lifecycles at about `rate` events per second, batch after batch."""
+    """Set the partners' credit lines, then produce simulated lifecycles at about `rate` events
+    per second, batch after batch (with payout events only when the saga is off)."""
     producer = settings_producer(settings)
     await producer.start()
     try:
+        await produce_all(producer, credit_lines(seed))
         for round_no in _count():
-            lifecycles = population(seed + round_no, loans=200, with_payouts=True)
+            lifecycles = population(
+                seed + round_no, loans=200, with_payouts=not settings.payout_saga
+            )
             chunk: list[object] = []
             for item in interleave(seed + round_no, lifecycles):
                 chunk.append(item)
@@ -189,26 +237,89 @@ def _count() -> Iterator[int]:
         n += 1
 
 
-async def _progress(settings: Settings, worker: subprocess.Popen[bytes]) -> None:
+async def _progress(
+    settings: Settings, worker: subprocess.Popen[bytes], simulator_url: str | None
+) -> None:
+    """Every few seconds: loans by status, then payout sagas by status and what the gateway
+    simulator accepted. Failures to read say so and are tried again on the next tick."""
     schema = settings.pg_schema
     conn: asyncpg.Connection | None = None
-    while True:
-        await asyncio.sleep(PROGRESS_EVERY_SECONDS)
-        try:
-            conn = conn or await asyncpg.connect(settings.pg_dsn)
-            exists = await conn.fetchval("SELECT to_regclass($1)", f"{schema}.loan_summary")
-            if not exists:
-                _say("waiting for the worker to create the read models")
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2)) as http:
+        while True:
+            await asyncio.sleep(PROGRESS_EVERY_SECONDS)
+            try:
+                conn = conn or await asyncpg.connect(settings.pg_dsn)
+                exists = await conn.fetchval("SELECT to_regclass($1)", f"{schema}.loan_summary")
+                if not exists:
+                    _say("waiting for the worker to create the read models")
+                    continue
+                _say(await _loans_line(conn, schema))
+                sagas = await saga_counts(conn, schema) if settings.payout_saga else None
+            except (OSError, asyncpg.PostgresError) as exc:
+                conn = None
+                _say(f"read models not reachable yet: {exc}")
                 continue
-            rows = await conn.fetch(
-                f'SELECT status, count(*) AS n FROM "{schema}".loan_summary GROUP BY 1 ORDER BY 1'
-            )
-            events = await conn.fetchval(f'SELECT count(*) FROM "{schema}".event_log')
-            dead = await conn.fetchval(
-                f"SELECT count(*) FROM \"{schema}\".dead_letters WHERE status IN ('dead', 'parked')"
-            )
-            statuses = " ".join(f"{r['status']}={r['n']}" for r in rows) or "no loans yet"
-            _say(f"events applied={events} dead/parked={dead} | loans: {statuses}")
-        except (OSError, asyncpg.PostgresError) as exc:
-            conn = None
-            _say(f"read models not reachable yet: {exc}")
+            gateway = await simulator_payouts(http, simulator_url) if simulator_url else None
+            _say(payouts_line(sagas, gateway, simulator_url is not None))
+
+
+async def _loans_line(conn: asyncpg.Connection, schema: str) -> str:
+    rows = await conn.fetch(
+        f'SELECT status, count(*) AS n FROM "{schema}".loan_summary GROUP BY 1 ORDER BY 1'
+    )
+    events = await conn.fetchval(f'SELECT count(*) FROM "{schema}".event_log')
+    dead = await conn.fetchval(
+        f"SELECT count(*) FROM \"{schema}\".dead_letters WHERE status IN ('dead', 'parked')"
+    )
+    statuses = " ".join(f"{r['status']}={r['n']}" for r in rows) or "no loans yet"
+    return f"events applied={events} dead/parked={dead} | loans: {statuses}"
+
+
+SAGA_STATUSES = ("running", "completed", "compensated", "failed")
+
+
+async def saga_counts(conn: asyncpg.Connection, schema: str) -> dict[str, int]:
+    """Saga instances per status (contract §6 `saga_instances`), every status present (0)."""
+    rows = await conn.fetch(
+        f'SELECT status, count(*) AS n FROM "{schema}".saga_instances GROUP BY status'
+    )
+    return {**dict.fromkeys(SAGA_STATUSES, 0), **{r["status"]: r["n"] for r in rows}}
+
+
+@dataclass(frozen=True)
+class SimulatorPayouts:
+    """What the gateway simulator's `GET /payouts` says: distinct payouts it accepted, and
+    requests it answered (retries and failures included)."""
+
+    accepted: int
+    requests: int
+
+
+async def simulator_payouts(http: aiohttp.ClientSession, url: str) -> SimulatorPayouts | None:
+    """The simulator's tally, or None when it does not answer."""
+    try:
+        async with http.get(url + PAYOUTS_PATH) as response:
+            response.raise_for_status()
+            body = await response.json()
+    except (TimeoutError, aiohttp.ClientError, ValueError):
+        return None
+    requests = sum(record["requests"] for record in body["requested"].values())
+    return SimulatorPayouts(accepted=len(body["payouts"]), requests=requests)
+
+
+def payouts_line(
+    sagas: dict[str, int] | None, gateway: SimulatorPayouts | None, simulated: bool
+) -> str:
+    """The progress line about payouts: sagas per status (None: the saga is off) and, when
+    `dev` runs the gateway simulator (`simulated`), what it accepted (None: not answering)."""
+    if sagas is None:
+        parts = ["payouts: saga off (LENDSTREAM_PAYOUT_SAGA=false)"]
+    else:
+        parts = ["payout sagas: " + " ".join(f"{status}={n}" for status, n in sagas.items())]
+    if simulated:
+        parts.append(
+            f"gateway simulator: {gateway.accepted} payouts accepted, {gateway.requests} requests"
+            if gateway
+            else "gateway simulator not answering"
+        )
+    return " | ".join(parts)

@@ -13,15 +13,20 @@ import orjson
 import pytest
 
 from lendstream.simulation import (
+    CURRENCIES,
     CUSTOMER_ACTIONS,
+    GENEROUS_LIMIT_CENTS,
+    TIGHT_LIMIT_CENTS,
     Produced,
     Simulation,
+    credit_lines,
     interleave,
     lifecycle,
     loan_events,
+    partner_currency,
     population,
 )
-from lendstream.topics import BY_NAME, PAYOUT_EVENTS, Invalid
+from lendstream.topics import BY_NAME, PAYOUT_EVENTS, TREASURY_EVENTS, Invalid
 from tests.unit.test_purity import FORBIDDEN, imports_of
 
 #: Each type's possible successors within one loan (contract §4 and the saga's step events).
@@ -108,6 +113,45 @@ def test_customers_act_through_their_loans_and_several_loans_share_a_customer() 
 def test_without_payouts_there_is_no_payout_event() -> None:
     events = take(Simulation(seed=1, dau=200, with_payouts=False), 5_000)
     assert all(e.topic != PAYOUT_EVENTS.name for e in events)
+
+
+def test_credit_lines_are_one_valid_credit_line_set_per_partner_keyed_by_partner() -> None:
+    lines = credit_lines(seed=3, partners=5)
+    assert [line.key for line in lines] == ["P00", "P01", "P02", "P03", "P04"]
+    for line in lines:
+        assert line.topic == TREASURY_EVENTS.name
+        decoded = TREASURY_EVENTS.decode(line.key.encode(), orjson.dumps(line.value))
+        assert not isinstance(decoded, Invalid), decoded
+        assert decoded.type == "CreditLineSet"
+        assert decoded.data.partner_id == line.key
+        assert decoded.data.currency == partner_currency(line.key)
+    assert credit_lines(seed=3, partners=5) == lines
+    assert len({line.value["event_id"] for line in lines + credit_lines(seed=4)}) == 10
+
+
+def test_credit_lines_are_generous_but_the_last_partners_are_tight() -> None:
+    limits = [line.value["data"]["limit_cents"] for line in credit_lines(1, partners=6, tight=2)]
+    assert limits == [GENEROUS_LIMIT_CENTS] * 4 + [TIGHT_LIMIT_CENTS] * 2
+    loans = [
+        e for e in take(Simulation(seed=1, dau=200), 20_000) if e.value["type"] == "LoanApplied"
+    ]
+    amounts = sorted(e.value["data"]["amount_cents"] for e in loans)
+    assert amounts[-1] < TIGHT_LIMIT_CENTS < sum(amounts[-5:])  # any one loan fits, a few don't
+    assert sum(amounts) < GENEROUS_LIMIT_CENTS / 1000  # hours of dev traffic, never repaid
+    with pytest.raises(ValueError, match="tight"):
+        credit_lines(1, partners=2, tight=3)
+
+
+def test_a_loan_is_in_its_partners_currency_and_the_mix_of_currencies_stays() -> None:
+    loans = [
+        e for e in take(Simulation(seed=2, dau=300), 20_000) if e.value["type"] == "LoanApplied"
+    ]
+    for loan in loans:
+        assert loan.value["data"]["currency"] == partner_currency(loan.value["data"]["partner_id"])
+    currencies = Counter(loan.value["data"]["currency"] for loan in loans)
+    assert set(currencies) == set(CURRENCIES)
+    assert currencies["EUR"] > currencies["USD"] + currencies["GBP"]
+    assert partner_currency("acme-bank") == partner_currency("acme-bank") in CURRENCIES
 
 
 def test_a_population_needs_a_customer() -> None:
