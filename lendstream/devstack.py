@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import json
 import logging
 import os
@@ -27,6 +28,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,19 +36,25 @@ from typing import Any
 
 import aiohttp
 import asyncpg
+import orjson
+from aiokafka.structs import TopicPartition
 
 from lendstream.admin import ensure_topics
 from lendstream.embedded import Broker, Postgres, start_broker, start_postgres, stop_process
 from lendstream.gateway import PAYOUTS_PATH
 from lendstream.gateway_sim import SimulatorConfig, SimulatorProcess, start_process
+from lendstream.kafka import group_less_consumer, high_watermarks
 from lendstream.pg import drop_schema
 from lendstream.producer import produce_all, settings_producer
+from lendstream.security import kafka_client_options
 from lendstream.settings import Settings
-from lendstream.simulation import credit_lines, interleave, population
+from lendstream.simulation import Produced, Repayments, credit_lines, interleave, population
+from lendstream.topics import PAYOUT_EVENTS
 
 log = logging.getLogger(__name__)
 WORKER_STOP_SECONDS = 30.0
 PROGRESS_EVERY_SECONDS = 3.0
+TICKS_PER_SECOND = 5  # simulated traffic is produced in this many chunks a second
 ENDPOINTS_FILE = "dev-endpoints.json"
 
 
@@ -209,32 +217,82 @@ async def _supervise(
 
 async def _traffic(settings: Settings, rate: float, seed: int) -> None:
     """Set the partners' credit lines, then produce simulated lifecycles at about `rate` events
-    per second, batch after batch (with payout events only when the saga is off)."""
+    per second. With the payout saga on, the lifecycles stop at approval and `follow_payouts`
+    adds each loan's repayments once the saga paid it out; with the saga off, the lifecycles
+    carry their own payout events and repayments."""
     producer = settings_producer(settings)
     await producer.start()
+    follower: asyncio.Task[None] | None = None
     try:
         await produce_all(producer, credit_lines(seed))
-        for round_no in _count():
-            lifecycles = population(
-                seed + round_no, loans=200, with_payouts=not settings.payout_saga
-            )
-            chunk: list[object] = []
-            for item in interleave(seed + round_no, lifecycles):
-                chunk.append(item)
-                if len(chunk) >= max(int(rate / 5), 1):
-                    await produce_all(producer, chunk)  # type: ignore[arg-type]
-                    chunk.clear()
-                    await asyncio.sleep(0.2)
-            await produce_all(producer, chunk)  # type: ignore[arg-type]
+        originations = _lifecycles(seed, with_payouts=not settings.payout_saga)
+        repayments = Repayments(seed) if settings.payout_saga else None
+        due: deque[Produced] = deque()
+        if repayments is not None:
+            follower = asyncio.create_task(follow_payouts(settings, repayments, due))
+        per_tick = max(int(rate / TICKS_PER_SECOND), 1)
+        while True:
+            chunk = next_chunk(due, originations, per_tick)
+            for item in chunk:
+                if repayments is not None:
+                    repayments.observe(item)  # before it is produced: its payout comes after
+            await produce_all(producer, chunk)
+            await asyncio.sleep(1 / TICKS_PER_SECOND)
     finally:
+        if follower is not None:
+            follower.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await follower
         await producer.stop()
 
 
-def _count() -> Iterator[int]:
-    n = 0
-    while True:
-        yield n
-        n += 1
+def _lifecycles(seed: int, with_payouts: bool) -> Iterator[Produced]:
+    """Endless rounds of 200 interleaved loan lifecycles."""
+    for round_no in itertools.count():
+        yield from interleave(
+            seed + round_no, population(seed + round_no, loans=200, with_payouts=with_payouts)
+        )
+
+
+def next_chunk(due: deque[Produced], originations: Iterator[Produced], size: int) -> list[Produced]:
+    """`size` messages: repayments that are due first, but never more than 90% of the chunk, so
+    new loans keep coming (a loan brings fewer new events than that share: the queue of due
+    repayments stays bounded); the rest from `originations`."""
+    repaying = min(len(due), size - max(size // 10, 1))
+    chunk = [due.popleft() for _ in range(repaying)]
+    chunk.extend(itertools.islice(originations, size - len(chunk)))
+    return chunk
+
+
+async def follow_payouts(settings: Settings, repayments: Repayments, due: deque[Produced]) -> None:
+    """Append to `due` the repayments of every simulated loan the saga pays out, reading
+    `payout-events` from where it ended when the traffic started."""
+    options = kafka_client_options(settings)
+    consumer = group_less_consumer(settings.bootstrap_servers, options)
+    await consumer.start()
+    try:
+        await consumer.topics()  # metadata: the topic's partitions
+        partitions = consumer.partitions_for_topic(PAYOUT_EVENTS.name) or set()
+        tps = [TopicPartition(PAYOUT_EVENTS.name, p) for p in sorted(partitions)]
+        ends = await high_watermarks(settings.bootstrap_servers, tps, client_options=options)
+        consumer.assign(tps)
+        for tp, end in ends.items():
+            consumer.seek(tp, end)
+        while True:
+            for records in (await consumer.getmany(timeout_ms=1000)).values():
+                for record in records:
+                    value = _json_object(record.value)
+                    due.extend(repayments.on_payout_event(value) if value else [])
+    finally:
+        await consumer.stop()
+
+
+def _json_object(raw: bytes | None) -> dict[str, Any] | None:
+    try:
+        value = orjson.loads(raw or b"")
+    except orjson.JSONDecodeError:
+        return None
+    return value if isinstance(value, dict) else None
 
 
 async def _progress(

@@ -109,9 +109,9 @@ async def produce_credit_lines(bootstrap: list[str], lines: list[Produced]) -> N
 
 def describe_credit_lines(lines: list[Produced]) -> str:
     """`P00 EUR 100,000,000,000.00, …` (limits in major units)."""
+    data = [line.value["data"] for line in lines]
     return ", ".join(
-        f"{line.key} {line.value['data']['currency']} {line.value['data']['limit_cents'] / 100:,.2f}"
-        for line in lines
+        f"{d['partner_id']} {d['currency']} {d['limit_cents'] / 100:,.2f}" for d in data
     )
 
 

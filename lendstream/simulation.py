@@ -17,7 +17,7 @@ import random
 import uuid
 import zlib
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -95,8 +95,14 @@ def credit_lines(
         partner = partner_name(number)
         limit = tight_limit_cents if number >= partners - tight else limit_cents
         data = {"partner_id": partner, "currency": partner_currency(partner), "limit_cents": limit}
-        value = {"event_id": _id(rng), "type": "CreditLineSet", "schema_version": 1,
-                 "occurred_at": occurred, "correlation_id": f"partner:{partner}", "data": data}  # fmt: skip
+        value = {
+            "event_id": _id(rng),
+            "type": "CreditLineSet",
+            "schema_version": 1,
+            "occurred_at": occurred,
+            "correlation_id": f"partner:{partner}",
+            "data": data,
+        }
         lines.append(Produced(TREASURY_EVENTS.name, partner, value))
     return lines
 
@@ -177,17 +183,83 @@ def loan_events(
     yield emit(PAYOUT_EVENTS.name, "LoanPaidOut", {
         "payout_id": payout_id, "amount_cents": approved, "currency": currency,
     }, minutes=1)  # fmt: skip
-    due = total_due(approved, rate)
+    for pay in _installments(rng, total_due(approved, rate), term, max_repayments):
+        yield emit(PAYMENT_EVENTS.name, "RepaymentReceived", {
+            "payment_id": _id(rng), "amount_cents": pay, "currency": currency,
+        }, minutes=month_minutes)  # fmt: skip
+
+
+def _installments(rng: random.Random, due: int, term: int, max_repayments: int) -> Iterator[int]:
+    """Monthly amounts until `due` is repaid (one in ten pays extra), lazily drawn from `rng`."""
     installment = max(-(-due // term), 1)
     repaid = 0
     for _ in range(min(term, max_repayments)):
         if repaid >= due:
-            break
+            return
         pay = installment if rng.random() < 0.9 else installment + rng.randrange(0, installment)
-        yield emit(PAYMENT_EVENTS.name, "RepaymentReceived", {
-            "payment_id": _id(rng), "amount_cents": pay, "currency": currency,
-        }, minutes=month_minutes)  # fmt: skip
+        yield pay
         repaid += pay
+
+
+@dataclass(frozen=True, slots=True)
+class _Terms:
+    currency: str
+    term_months: int
+    approved_cents: int = 0
+    interest_rate_bps: int = 0
+
+
+@dataclass
+class Repayments:
+    """Repayments for traffic whose payouts the saga makes (`with_payouts=False`): a customer
+    repays a loan only once it was paid out, which the generator cannot know in advance.
+
+    `observe` every produced message: the terms of each loan are kept from its `LoanApplied`
+    and `LoanApproved` (forgotten when it is rejected or canceled). `on_payout_event` takes a
+    `payout-events` value: a `LoanPaidOut` of a known loan gives its repayments (a `month`
+    apart from the payout, as `loan_events` makes them, deterministic for `seed` and the loan)
+    and forgets the loan; a `PayoutFailed` forgets it; anything else gives nothing.
+    """
+
+    seed: int
+    month: timedelta = MONTH
+    max_repayments: int = 24
+    _terms: dict[str, _Terms] = field(default_factory=dict, repr=False)
+
+    def __len__(self) -> int:
+        """Loans waiting for their payout."""
+        return len(self._terms)
+
+    def observe(self, produced: Produced) -> None:
+        kind, data, loan_id = produced.value["type"], produced.value["data"], produced.key
+        if kind == "LoanApplied":
+            self._terms[loan_id] = _Terms(data["currency"], data["term_months"])
+        elif kind == "LoanApproved" and loan_id in self._terms:
+            self._terms[loan_id] = replace(
+                self._terms[loan_id],
+                approved_cents=data["approved_amount_cents"],
+                interest_rate_bps=data["interest_rate_bps"],
+            )
+        elif kind in ("LoanRejected", "LoanCanceled"):
+            self._terms.pop(loan_id, None)
+
+    def on_payout_event(self, value: dict[str, Any]) -> list[Produced]:
+        kind, loan_id = value.get("type"), str(value.get("loan_id"))
+        if kind == "PayoutFailed":
+            self._terms.pop(loan_id, None)
+        if kind != "LoanPaidOut" or loan_id not in self._terms:
+            return []
+        terms = self._terms.pop(loan_id)
+        rng = random.Random(f"{self.seed}:{loan_id}")
+        at = datetime.fromisoformat(value["occurred_at"].replace("Z", "+00:00"))
+        due = total_due(terms.approved_cents, terms.interest_rate_bps)
+        repayments = []
+        for pay in _installments(rng, due, terms.term_months, self.max_repayments):
+            at += self.month * (0.5 + rng.random())
+            data = {"payment_id": _id(rng), "amount_cents": pay, "currency": terms.currency}
+            envelope = _envelope(rng, loan_id, "RepaymentReceived", at, data)
+            repayments.append(Produced(PAYMENT_EVENTS.name, loan_id, envelope))
+        return repayments
 
 
 def population(

@@ -1,9 +1,11 @@
 """`lendstream dev --simulate` as a user runs it: its own embedded broker and PostgreSQL, a
-worker, the payout gateway simulator and the traffic, until Ctrl-C (SIGINT) stops all of it."""
+worker, the payout gateway simulator and the traffic, until Ctrl-C (SIGINT) stops all of it;
+and the traffic's repayments following the payouts on a real broker."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import queue
 import re
@@ -13,6 +15,7 @@ import subprocess
 import sys
 import threading
 import urllib.request
+from collections import deque
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,11 +23,15 @@ import asyncpg
 import pytest
 from aiokafka.structs import TopicPartition
 
-from lendstream.devstack import ENDPOINTS_FILE, dev_endpoints
-from lendstream.embedded import free_port, stop_process
+from lendstream.admin import ensure_topics
+from lendstream.devstack import ENDPOINTS_FILE, dev_endpoints, follow_payouts
+from lendstream.embedded import Broker, free_port, stop_process
 from lendstream.kafka import high_watermarks
-from lendstream.simulation import PARTNERS
-from lendstream.topics import TREASURY_EVENTS
+from lendstream.producer import produce_all, settings_producer
+from lendstream.settings import Settings
+from lendstream.simulation import PARTNERS, Produced, Repayments
+from lendstream.topics import PAYOUT_EVENTS, TREASURY_EVENTS
+from tests.unit.test_simulation import approved_loans, paid_out
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 PARTITIONS = 2
@@ -129,3 +136,35 @@ def test_dev_simulate_runs_the_gateway_simulator_and_stops_everything(tmp_path: 
     assert not alive(simulator_pid)
     assert not (data_dir / ENDPOINTS_FILE).exists()
     shutil.rmtree(data_dir)
+
+
+async def test_repayments_follow_the_payouts_that_come_after_the_traffic_started(
+    broker: Broker, tmp_path: Path
+) -> None:
+    settings = Settings(  # type: ignore[call-arg]
+        kafka=broker.url, partitions=PARTITIONS, data_dir=tmp_path, _env_file=None
+    )
+    await ensure_topics(settings)
+    earlier, loan = approved_loans(seed=3)[:2]
+    repayments = Repayments(seed=3)
+    for event in earlier + loan:
+        repayments.observe(event)
+    producer = settings_producer(settings)
+    await producer.start()
+    await produce_all(producer, [Produced(PAYOUT_EVENTS.name, earlier[0].key, paid_out(earlier))])
+    due: deque[Produced] = deque()
+    follower = asyncio.create_task(follow_payouts(settings, repayments, due))
+    try:
+        while not due:  # until the follower has started reading, a payout may pass unseen
+            await produce_all(producer, [Produced(PAYOUT_EVENTS.name, loan[0].key, paid_out(loan))])
+            await asyncio.sleep(0.2)
+    finally:
+        follower.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await follower
+        await producer.stop()
+    expected = Repayments(seed=3)
+    for event in loan:
+        expected.observe(event)
+    assert list(due) == expected.on_payout_event(paid_out(loan))
+    assert len(repayments) == 1  # the loan paid out before the traffic started still waits

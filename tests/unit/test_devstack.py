@@ -1,13 +1,23 @@
 """`lendstream dev` without starting anything: the payout progress line, the simulator's
-options, bad gateway rates."""
+options, bad gateway rates, how simulated traffic mixes repayments and new loans."""
 
 from __future__ import annotations
+
+import itertools
+from collections import deque
 
 import pytest
 
 from lendstream.cli import _parser, main
-from lendstream.devstack import SAGA_STATUSES, SimulatorPayouts, payouts_line, simulator_args
+from lendstream.devstack import (
+    SAGA_STATUSES,
+    SimulatorPayouts,
+    next_chunk,
+    payouts_line,
+    simulator_args,
+)
 from lendstream.gateway_sim import SimulatorConfig
+from lendstream.simulation import Produced
 from tests.unit.test_settings import clean_environment  # noqa: F401  (autouse: no LENDSTREAM_*)
 
 
@@ -62,3 +72,19 @@ def test_bad_gateway_rates_are_one_line_and_exit_status_2(
     err = capsys.readouterr().err
     assert says in err
     assert len(err.strip().splitlines()) == 1
+
+
+def message(n: int) -> Produced:
+    return Produced("t", str(n), {"n": n})
+
+
+def test_due_repayments_come_first_but_leave_room_for_new_loans() -> None:
+    due = deque(message(n) for n in range(100))
+    originations = (message(-n) for n in itertools.count(1))
+    chunk = next_chunk(due, originations, 20)
+    assert chunk == [message(n) for n in range(18)] + [message(-1), message(-2)]
+    assert len(due) == 82
+    chunk = next_chunk(deque([message(5)]), originations, 3)
+    assert chunk == [message(5), message(-3), message(-4)]
+    assert next_chunk(deque(), originations, 1) == [message(-5)]
+    assert next_chunk(deque([message(6)]), originations, 1) == [message(-6)]  # always one new
