@@ -35,6 +35,7 @@ from tests.unit.test_simulation import approved_loans, paid_out
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 PARTITIONS = 2
+SIMULATOR_STARTED = r"payout gateway (http://\S+) \(simulator pid (\d+)"
 
 
 class Output:
@@ -70,11 +71,12 @@ class Output:
 
 
 def alive(pid: int) -> bool:
+    """`pid` exists and is not a zombie."""
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
         return False
-    return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
 
 async def saga_rows(pg_dsn: str) -> dict[str, int]:
@@ -89,9 +91,11 @@ async def saga_rows(pg_dsn: str) -> dict[str, int]:
 
 
 def wait_for_saga_rows(output: Output, pg_dsn: str) -> None:
-    """Sagas appear in `saga_instances` and the progress line counts completed ones."""
-    output.wait_for(r"payout sagas: .*completed=[1-9]")
-    assert sum(asyncio.run(saga_rows(pg_dsn)).values()) > 0
+    """Sagas appear in `saga_instances`, the progress line counts completed ones and payouts
+    the simulator accepted, and paid-out loans get repaid (the traffic follows the payouts)."""
+    output.wait_for(r"payout sagas: .*completed=[1-9].* \| gateway simulator: [1-9]\d* payouts")
+    assert asyncio.run(saga_rows(pg_dsn)).get("completed", 0) > 0
+    output.wait_for(r"loans: .*repaying=[1-9]")
 
 
 def test_dev_simulate_runs_the_gateway_simulator_and_stops_everything(tmp_path: Path) -> None:
@@ -108,20 +112,30 @@ def test_dev_simulate_runs_the_gateway_simulator_and_stops_everything(tmp_path: 
     )  # fmt: skip
     output = Output(proc)
     try:
-        started = output.wait_for(r"payout gateway (http://\S+) \(simulator pid (\d+)")
+        run_until_ctrl_c(proc, output, data_dir)
+    finally:
+        for line in output.lines:  # whatever failed, leave no simulator behind
+            if (started := re.search(SIMULATOR_STARTED, line)) and alive(int(started.group(2))):
+                stop_process(int(started.group(2)))
+        shutil.rmtree(data_dir, ignore_errors=True)
+
+
+def run_until_ctrl_c(proc: subprocess.Popen[str], output: Output, data_dir: Path) -> None:
+    try:
+        started = output.wait_for(SIMULATOR_STARTED)
         url, simulator_pid = started.group(1), int(started.group(2))
         output.wait_for(r"worker pid \d+")  # the endpoints file is written by then
         endpoints = dev_endpoints(data_dir)
         assert endpoints is not None and endpoints["gateway_url"] == url
         with urllib.request.urlopen(url + "/health", timeout=5) as health:
             assert health.status == 200
-        payouts = output.wait_for(r"payout sagas: .* \| gateway simulator: (\d+) payouts accepted")
-        assert int(payouts.group(1)) >= 0
+        output.wait_for(r"loans: (?!no loans yet)")  # traffic flows: the credit lines came first
         lines = asyncio.run(high_watermarks(
             endpoints["kafka"].removeprefix("kafka://"),
             [TopicPartition(TREASURY_EVENTS.name, p) for p in range(PARTITIONS)],
         ))  # fmt: skip
-        assert sum(lines.values()) == PARTNERS  # one credit line per partner, set first
+        assert sum(lines.values()) == PARTNERS  # one credit line per partner
+        output.wait_for(r"payout sagas: running=\d+ .* \| gateway simulator: \d+ payouts accepted")
         # wait_for_saga_rows(output, endpoints["pg_dsn"])  # enable once the saga is wired
     finally:
         proc.send_signal(signal.SIGINT)  # Ctrl-C
@@ -135,7 +149,6 @@ def test_dev_simulate_runs_the_gateway_simulator_and_stops_everything(tmp_path: 
     assert everything.splitlines()[-1].endswith("stopped")
     assert not alive(simulator_pid)
     assert not (data_dir / ENDPOINTS_FILE).exists()
-    shutil.rmtree(data_dir)
 
 
 async def test_repayments_follow_the_payouts_that_come_after_the_traffic_started(
