@@ -55,6 +55,10 @@ def _parser() -> argparse.ArgumentParser:
     dev.add_argument("--simulate", action="store_true", help="feed generated traffic")
     dev.add_argument("--rate", type=float, default=200.0, help="simulated events per second")
     dev.add_argument("--seed", type=int, default=1)
+    dev.add_argument("--gateway-transient-rate", type=float, default=0.05, metavar="P",
+                     help="gateway simulator: share of requests failing transiently")  # fmt: skip
+    dev.add_argument("--gateway-permanent-rate", type=float, default=0.01, metavar="P",
+                     help="gateway simulator: share of requests rejected for good")  # fmt: skip
 
     command("worker", _worker, "run a worker against the configured Kafka and PostgreSQL")
 
@@ -150,8 +154,15 @@ def _dlq(settings: Settings, args: argparse.Namespace) -> int:
 
 def _dev(settings: Settings, args: argparse.Namespace) -> int:
     from lendstream.devstack import run_dev
+    from lendstream.gateway_sim import SimulatorConfig
 
-    return run_dev(settings, args.simulate, args.rate, args.seed)
+    gateway = SimulatorConfig(args.gateway_transient_rate, args.gateway_permanent_rate, args.seed)
+    try:
+        gateway.validate()
+    except ValueError as exc:
+        message = str(exc).replace("transient_rate", "--gateway-transient-rate")
+        raise UserError(message.replace("permanent_rate", "--gateway-permanent-rate")) from None
+    return run_dev(settings, args.simulate, args.rate, args.seed, gateway)
 
 
 def _worker(settings: Settings, args: argparse.Namespace) -> int:

@@ -1,6 +1,9 @@
 """`lendstream simulate`: produce simulated loan traffic to the configured broker.
 
-The traffic is `simulation.Simulation` (a seeded customer population, deterministic). Two modes:
+The traffic is `simulation.Simulation` (a seeded customer population, deterministic). It first
+sets one credit line per partner of the population on `treasury-events`
+(`simulation.credit_lines`, not counted as events); the payout events are the worker's payout
+saga's, unless `LENDSTREAM_PAYOUT_SAGA=false`, when the traffic writes them itself. Two modes:
 
 - paced: `rate` events per second for `duration` seconds, a progress line every few seconds;
 - backlog: the first `count` events as fast as the broker takes them, then exit.
@@ -23,7 +26,7 @@ from lendstream.admin import ensure_topics
 from lendstream.kafka import with_broker
 from lendstream.producer import kafka_producer, produce_all
 from lendstream.settings import Settings, SettingsError
-from lendstream.simulation import Simulation
+from lendstream.simulation import Produced, Simulation, credit_lines
 from lendstream.topics import PAYMENT_EVENTS
 
 PROGRESS_EVERY_SECONDS = 3.0
@@ -77,12 +80,15 @@ def run_simulate(
 ) -> ProduceReport:
     """The `simulate` command: paced traffic, or a backlog when `backlog` is set."""
     bootstrap = broker_for(settings)
-    sim = Simulation(seed=seed, dau=dau)
+    sim = Simulation(seed=seed, dau=dau, with_payouts=not settings.payout_saga)
     say(f"broker {','.join(bootstrap)}; {dau:,} daily active customers, seed {seed}")
 
     async def run() -> ProduceReport:
         kafka = ",".join(f"kafka://{server}" for server in bootstrap)
         await ensure_topics(settings.model_copy(update={"kafka": kafka}))
+        lines = credit_lines(seed, sim.partners, at=sim.start)
+        await produce_credit_lines(bootstrap, lines)
+        say(f"credit lines set: {describe_credit_lines(lines)}")
         if backlog is not None:
             return await produce_backlog(bootstrap, sim, backlog, say)
         return await produce_paced(bootstrap, sim, rate, duration, say)
@@ -90,6 +96,23 @@ def run_simulate(
     report = asyncio.run(run())
     say(f"done: {progress_line(sim, report)}")
     return report
+
+
+async def produce_credit_lines(bootstrap: list[str], lines: list[Produced]) -> None:
+    producer = kafka_producer(bootstrap)
+    await producer.start()
+    try:
+        await produce_all(producer, lines)
+    finally:
+        await producer.stop()
+
+
+def describe_credit_lines(lines: list[Produced]) -> str:
+    """`P00 EUR 100,000,000,000.00, …` (limits in major units)."""
+    data = [line.value["data"] for line in lines]
+    return ", ".join(
+        f"{d['partner_id']} {d['currency']} {d['limit_cents'] / 100:,.2f}" for d in data
+    )
 
 
 async def produce_backlog(

@@ -1,8 +1,13 @@
 """Generated traffic: loan lifecycles from a seeded customer population (pure, deterministic).
 
 `lifecycle` makes one loan's events in causal order; `interleave` merges many loans into one
-stream the way independent upstream systems would publish them. Until the payout saga runs,
-`with_payouts=True` also emits the payout events the saga would write.
+stream the way independent upstream systems would publish them. `with_payouts=True` also emits
+the payout events the payout saga would write, for a worker running without the saga
+(`LENDSTREAM_PAYOUT_SAGA=false`); with the saga, traffic leaves them out and first publishes the
+partners' credit lines (`credit_lines`).
+
+Each partner lends in one currency (`partner_currency`), as its one credit line has one
+currency (contract §5): a loan in another currency would always fail reservation.
 """
 
 from __future__ import annotations
@@ -10,16 +15,25 @@ from __future__ import annotations
 import heapq
 import random
 import uuid
+import zlib
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from lendstream.domain.loans import total_due
-from lendstream.topics import LOAN_EVENTS, PAYMENT_EVENTS, PAYOUT_EVENTS
+from lendstream.topics import LOAN_EVENTS, PAYMENT_EVENTS, PAYOUT_EVENTS, TREASURY_EVENTS
 
 CURRENCIES = ("EUR", "EUR", "EUR", "USD", "GBP")
 MONTH = timedelta(days=30)
+#: Partners of a simulated population (`P00`, `P01`, …).
+PARTNERS = 5
+#: A generous credit line: ample for hours of `dev --simulate` traffic even if nothing is repaid.
+GENEROUS_LIMIT_CENTS = 10**13
+#: A tight credit line: a handful of the simulation's loans (50,000 to 5,000,000 cents) at once.
+TIGHT_LIMIT_CENTS = 10_000_000
+#: How many partners (the last ones) `credit_lines` keeps tight, so reservation failures show.
+TIGHT_PARTNERS = 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,6 +63,50 @@ def _envelope(
     }
 
 
+def partner_name(number: int) -> str:
+    return f"P{number:02d}"
+
+
+def partner_currency(partner_id: str) -> str:
+    """The one currency a partner lends in: `P<n>` takes `CURRENCIES[n]` (cyclically), so the
+    simulated partners keep the currency mix; other ids take a stable hash."""
+    digits = partner_id.removeprefix("P")
+    index = int(digits) if digits.isdigit() else zlib.crc32(partner_id.encode())
+    return CURRENCIES[index % len(CURRENCIES)]
+
+
+def credit_lines(
+    seed: int,
+    partners: int = PARTNERS,
+    tight: int = TIGHT_PARTNERS,
+    at: datetime | None = None,
+    limit_cents: int = GENEROUS_LIMIT_CENTS,
+    tight_limit_cents: int = TIGHT_LIMIT_CENTS,
+) -> list[Produced]:
+    """One `CreditLineSet` per partner of a simulated population (key `partner_id`, on
+    `treasury-events`), in the partner's currency: `limit_cents` for all but the last `tight`
+    partners, which get `tight_limit_cents` so that some of their reservations fail."""
+    if not 0 <= tight <= partners:
+        raise ValueError(f"tight must be between 0 and partners ({partners}), got {tight}")
+    rng = random.Random(seed)
+    occurred = (at or datetime(2026, 1, 1, tzinfo=UTC)).isoformat().replace("+00:00", "Z")
+    lines = []
+    for number in range(partners):
+        partner = partner_name(number)
+        limit = tight_limit_cents if number >= partners - tight else limit_cents
+        data = {"partner_id": partner, "currency": partner_currency(partner), "limit_cents": limit}
+        value = {
+            "event_id": _id(rng),
+            "type": "CreditLineSet",
+            "schema_version": 1,
+            "occurred_at": occurred,
+            "correlation_id": f"partner:{partner}",
+            "data": data,
+        }
+        lines.append(Produced(TREASURY_EVENTS.name, partner, value))
+    return lines
+
+
 def lifecycle(
     rng: random.Random, loan_id: str, customer_id: str, partner_id: str, start: datetime,
     **options: Any,
@@ -70,7 +128,7 @@ def loan_events(
 ) -> Iterator[tuple[datetime, Produced]]:
     """`lifecycle`, lazily: (occurred_at, message) pairs, drawing from `rng` only when the next
     event is asked for (so many loans can be in flight at once, sharing one `rng`)."""
-    currency = rng.choice(CURRENCIES)
+    currency = partner_currency(partner_id)
     amount = rng.randrange(50_000, 5_000_000, 100)
     term = rng.choice((3, 6, 12, 24, 36))
     at = start
@@ -125,24 +183,90 @@ def loan_events(
     yield emit(PAYOUT_EVENTS.name, "LoanPaidOut", {
         "payout_id": payout_id, "amount_cents": approved, "currency": currency,
     }, minutes=1)  # fmt: skip
-    due = total_due(approved, rate)
+    for pay in _installments(rng, total_due(approved, rate), term, max_repayments):
+        yield emit(PAYMENT_EVENTS.name, "RepaymentReceived", {
+            "payment_id": _id(rng), "amount_cents": pay, "currency": currency,
+        }, minutes=month_minutes)  # fmt: skip
+
+
+def _installments(rng: random.Random, due: int, term: int, max_repayments: int) -> Iterator[int]:
+    """Monthly amounts until `due` is repaid (one in ten pays extra), lazily drawn from `rng`."""
     installment = max(-(-due // term), 1)
     repaid = 0
     for _ in range(min(term, max_repayments)):
         if repaid >= due:
-            break
+            return
         pay = installment if rng.random() < 0.9 else installment + rng.randrange(0, installment)
-        yield emit(PAYMENT_EVENTS.name, "RepaymentReceived", {
-            "payment_id": _id(rng), "amount_cents": pay, "currency": currency,
-        }, minutes=month_minutes)  # fmt: skip
+        yield pay
         repaid += pay
+
+
+@dataclass(frozen=True, slots=True)
+class _Terms:
+    currency: str
+    term_months: int
+    approved_cents: int = 0
+    interest_rate_bps: int = 0
+
+
+@dataclass
+class Repayments:
+    """Repayments for traffic whose payouts the saga makes (`with_payouts=False`): a customer
+    repays a loan only once it was paid out, which the generator cannot know in advance.
+
+    `observe` every produced message: the terms of each loan are kept from its `LoanApplied`
+    and `LoanApproved` (forgotten when it is rejected or canceled). `on_payout_event` takes a
+    `payout-events` value: a `LoanPaidOut` of a known loan gives its repayments (a `month`
+    apart from the payout, as `loan_events` makes them, deterministic for `seed` and the loan)
+    and forgets the loan; a `PayoutFailed` forgets it; anything else gives nothing.
+    """
+
+    seed: int
+    month: timedelta = MONTH
+    max_repayments: int = 24
+    _terms: dict[str, _Terms] = field(default_factory=dict, repr=False)
+
+    def __len__(self) -> int:
+        """Loans waiting for their payout."""
+        return len(self._terms)
+
+    def observe(self, produced: Produced) -> None:
+        kind, data, loan_id = produced.value["type"], produced.value["data"], produced.key
+        if kind == "LoanApplied":
+            self._terms[loan_id] = _Terms(data["currency"], data["term_months"])
+        elif kind == "LoanApproved" and loan_id in self._terms:
+            self._terms[loan_id] = replace(
+                self._terms[loan_id],
+                approved_cents=data["approved_amount_cents"],
+                interest_rate_bps=data["interest_rate_bps"],
+            )
+        elif kind in ("LoanRejected", "LoanCanceled"):
+            self._terms.pop(loan_id, None)
+
+    def on_payout_event(self, value: dict[str, Any]) -> list[Produced]:
+        kind, loan_id = value.get("type"), str(value.get("loan_id"))
+        if kind == "PayoutFailed":
+            self._terms.pop(loan_id, None)
+        if kind != "LoanPaidOut" or loan_id not in self._terms:
+            return []
+        terms = self._terms.pop(loan_id)
+        rng = random.Random(f"{self.seed}:{loan_id}")
+        at = datetime.fromisoformat(value["occurred_at"].replace("Z", "+00:00"))
+        due = total_due(terms.approved_cents, terms.interest_rate_bps)
+        repayments = []
+        for pay in _installments(rng, due, terms.term_months, self.max_repayments):
+            at += self.month * (0.5 + rng.random())
+            data = {"payment_id": _id(rng), "amount_cents": pay, "currency": terms.currency}
+            envelope = _envelope(rng, loan_id, "RepaymentReceived", at, data)
+            repayments.append(Produced(PAYMENT_EVENTS.name, loan_id, envelope))
+        return repayments
 
 
 def population(
     seed: int,
     loans: int,
     customers: int | None = None,
-    partners: int = 5,
+    partners: int = PARTNERS,
     with_payouts: bool = True,
     start: datetime | None = None,
     max_repayments: int = 24,
@@ -155,7 +279,7 @@ def population(
     for n in range(loans):
         loan_id = f"L{seed}-{n:07d}"
         customer = f"C{rng.randrange(customers):07d}"
-        partner = f"P{rng.randrange(partners):02d}"
+        partner = partner_name(rng.randrange(partners))
         began = base + timedelta(minutes=rng.randrange(0, 60 * 24 * 30))
         result.append(
             lifecycle(
@@ -221,7 +345,7 @@ class Simulation:
     with_payouts: bool = True
     month: timedelta = COMPRESSED_MONTH
     start: datetime = datetime(2026, 1, 1, tzinfo=UTC)
-    partners: int = 5
+    partners: int = PARTNERS
     max_repayments: int = 24
     produced: int = 0
     loans_started: int = 0
@@ -275,7 +399,7 @@ class Simulation:
         number = self.loans_started
         self.loans_started += 1
         customer = f"C{rng.randrange(customers):08d}"
-        partner = f"P{rng.randrange(self.partners):02d}"
+        partner = partner_name(rng.randrange(self.partners))
         events = loan_events(rng, f"L{self.seed}-{number:08d}", customer, partner, at,
                              self.with_payouts, self.max_repayments, self.month)  # fmt: skip
         loan = _InFlight(number, customer, events)

@@ -1,5 +1,6 @@
 """`lendstream simulate` against the real embedded broker: what it produces is exactly the
-seeded simulation, on co-partitioned topics created with the configured partition count."""
+seeded simulation (without payout events: the saga writes them) after the partners' credit
+lines, on co-partitioned topics created with the configured partition count."""
 
 from __future__ import annotations
 
@@ -17,16 +18,18 @@ from aiokafka.structs import TopicPartition
 from lendstream.embedded import Broker
 from lendstream.kafka import group_less_consumer, high_watermarks
 from lendstream.simulate import produce_paced
-from lendstream.simulation import Produced, Simulation
-from lendstream.topics import LOAN_KEYED
+from lendstream.simulation import Produced, Simulation, credit_lines
+from lendstream.topics import LOAN_KEYED, TREASURY_EVENTS, TopicSpec
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
 PARTITIONS = 3
 
 
-async def read_everything(bootstrap: str) -> list[tuple[str, int, int, Produced]]:
-    """Every record of the loan-keyed topics as (topic, partition, offset, message)."""
-    tps = [TopicPartition(s.name, p) for s in LOAN_KEYED for p in range(PARTITIONS)]
+async def read_everything(
+    bootstrap: str, specs: tuple[TopicSpec, ...] = LOAN_KEYED
+) -> list[tuple[str, int, int, Produced]]:
+    """Every record of the `specs` topics as (topic, partition, offset, message)."""
+    tps = [TopicPartition(s.name, p) for s in specs for p in range(PARTITIONS)]
     ends = await high_watermarks(bootstrap, tps)
     consumer = group_less_consumer(bootstrap)
     await consumer.start()
@@ -65,11 +68,12 @@ def test_the_command_produces_the_seeded_simulation(broker: Broker) -> None:
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
     assert "done: 3,000 events" in done.stdout
+    assert "credit lines set: P00 EUR 100,000,000,000.00" in done.stdout
 
     async def check() -> None:
         assert await partition_counts(broker.bootstrap) == {s.name: PARTITIONS for s in LOAN_KEYED}
         records = await read_everything(broker.bootstrap)
-        expected = list(itertools.islice(Simulation(seed=4, dau=200), 3000))
+        expected = list(itertools.islice(Simulation(seed=4, dau=200, with_payouts=False), 3000))
         assert sorted(orjson.dumps(r[3].value) for r in records) == sorted(
             orjson.dumps(p.value) for p in expected
         )
@@ -77,6 +81,10 @@ def test_the_command_produces_the_seeded_simulation(broker: Broker) -> None:
         partition_of: dict[str, int] = {}
         for topic, partition, _, message in by_offset:  # co-partitioned: one partition a loan
             assert partition_of.setdefault(message.key, partition) == partition, topic
+        lines = await read_everything(broker.bootstrap, (TREASURY_EVENTS,))
+        assert sorted(orjson.dumps(r[3].value) for r in lines) == sorted(
+            orjson.dumps(p.value) for p in credit_lines(4, at=Simulation.start)
+        )
         order = {p.value["event_id"]: i for i, p in enumerate(expected)}
         for _, group in itertools.groupby(by_offset, key=lambda r: r[:2]):
             ranks = [order[r[3].value["event_id"]] for r in group]
