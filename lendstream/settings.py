@@ -116,9 +116,6 @@ class Settings(BaseSettings):
     reader_password: str | None = Field(default=None, repr=False, description="analysts' password")
     gateway_connect_timeout: Duration = 2.0
     gateway_read_timeout: Duration = 10.0
-    # The payout saga (contract §5) runs on every applied LoanApproved; off for traffic that
-    # writes the payout events itself (`simulation.with_payouts`).
-    payout_saga: bool = True
 
     @field_validator("ingest_token", "reader_password")
     @classmethod

@@ -136,7 +136,7 @@ def run_until_ctrl_c(proc: subprocess.Popen[str], output: Output, data_dir: Path
         ))  # fmt: skip
         assert sum(lines.values()) == PARTNERS  # one credit line per partner
         output.wait_for(r"payout sagas: running=\d+ .* \| gateway simulator: \d+ payouts accepted")
-        # wait_for_saga_rows(output, endpoints["pg_dsn"])  # enable once the saga is wired
+        wait_for_saga_rows(output, endpoints["pg_dsn"])
     finally:
         proc.send_signal(signal.SIGINT)  # Ctrl-C
         try:
