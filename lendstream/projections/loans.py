@@ -91,6 +91,7 @@ class LoanRows:
     dead_letters: list[tuple[Any, ...]] = field(default_factory=list)
     discarded: list[tuple[str, str]] = field(default_factory=list)  # (dead letter id, reason)
     ledger: list[LedgerEntry] = field(default_factory=list)
+    count_payouts: bool = True  # add new payouts to `daily_payouts` (a rebuild does not)
 
     @property
     def summaries(self) -> list[Loan]:
@@ -397,10 +398,12 @@ def make_apply(schema: str) -> Any:
             await conn.executemany(
                 sql_exposure, [(c, cur, a, o) for (c, cur), (a, o) in sorted(deltas.items())]
             )
-            payouts = payout_deltas(newer, stored)
-            await conn.executemany(
-                sql_daily_payouts, [(*k, n, amount) for k, (n, amount) in sorted(payouts.items())]
-            )
+            payouts = payout_deltas(newer, stored) if rows.count_payouts else {}
+            if payouts:
+                await conn.executemany(
+                    sql_daily_payouts,
+                    [(*k, n, amount) for k, (n, amount) in sorted(payouts.items())],
+                )
         if rows.ledger:
             await conn.executemany(sql_ledger, [astuple(e) for e in rows.ledger])
         if rows.dead_letters:

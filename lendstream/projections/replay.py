@@ -149,7 +149,7 @@ class Fold:
             self.states[message.key], more = handle(keyed, message, self.evolve, now, self.policy)
             outcomes.extend(more)
         rows = rows_for(outcomes, datetime.now(UTC))
-        return LoanRows(versions=rows.versions)
+        return LoanRows(versions=rows.versions, count_payouts=False)
 
 
 def progress_line(done: int, total: int, seconds: float, phase: str) -> str:
