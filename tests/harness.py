@@ -48,6 +48,7 @@ class WorkerProcess:
     overrides: dict[str, Any] = field(default_factory=dict)
     command: tuple[str, ...] = WORKER
     settings: Settings | None = None
+    stopped: bool = False  # stopped on purpose by `stop` (its exit is not a failure)
 
     @property
     def pid(self) -> int:
@@ -64,6 +65,7 @@ class WorkerProcess:
 
     def stop(self) -> None:
         """SIGTERM with a deadline, then SIGKILL."""
+        self.stopped = True
         if self.alive():
             stop_process(self.proc.pid, grace=WORKER_STOP_SECONDS)
         self.proc.wait(timeout=30)
@@ -119,7 +121,7 @@ class Pipeline:
                 )
                 self.workers[i] = self.start_worker(worker.name, worker.command, **worker.overrides)
                 self.workers.pop()
-            elif code not in (None, -signal.SIGKILL):
+            elif code not in (None, -signal.SIGKILL) and not (worker.stopped and code == 0):
                 raise AssertionError(f"worker exited with {code}:\n{worker.log_tail()}")
 
     def stop_all(self) -> None:
@@ -216,6 +218,26 @@ class Pipeline:
                 assert sign not in text, (
                     f"{sign!r} in the log of {worker.name}:\n{worker.log_tail()}"
                 )
+
+    async def share_processed(self, projection: str = "loans") -> float:
+        """How much of what was produced the projection has stored (0.0 to 1.0)."""
+        stored = await self.positions(projection)
+        total = sum(end + 1 for end in self.ends.values())
+        done = sum(min(stored.get(tp, -1), end) + 1 for tp, end in self.ends.items())
+        return done / max(total, 1)
+
+    async def wait_for_share(self, share: float, timeout: float) -> float:
+        """Wait until the projection has stored at least `share` of what was produced; returns
+        the share reached."""
+        deadline = time.monotonic() + timeout
+        while (reached := await self.share_processed()) < share:
+            assert time.monotonic() < deadline, (
+                f"only {reached:.0%} processed after {timeout}s:\n"
+                + "\n\n".join(w.log_tail() for w in self.workers)
+            )
+            self.supervise()
+            await asyncio.sleep(0.2)
+        return reached
 
     async def wait_for_progress(self, timeout: float = 120) -> None:
         """Wait until the stored positions move (the worker is processing) or it caught up."""

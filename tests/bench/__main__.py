@@ -16,7 +16,10 @@ from tests.bench.report import format_table
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.scale_workers < 2:
+        parser.error(f"--scale-workers must be at least 2, got {args.scale_workers}")
     stamp = time.strftime("%Y%m%d-%H%M%S")
     out = args.out or Path("bench-results") / f"run-{stamp}.json"
     options = Options(
@@ -26,6 +29,7 @@ def main(argv: list[str] | None = None) -> int:
         latency_rate=args.latency_rate,
         latency_seconds=args.latency_seconds,
         stages=args.stages,
+        scale_workers=args.scale_workers,
         profile=out.with_name(f"{out.stem}-profile") if args.profile else None,
     )
     with embedded_stack() as (broker, pg):
@@ -53,6 +57,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--latency-seconds", type=float, default=30.0)
     p.add_argument("--out", type=Path, help="JSON results (default bench-results/run-TIME.json)")
     p.add_argument("--profile", action="store_true", help="py-spy the worker during (b)")
+    p.add_argument("--scale-workers", type=int, default=2, help="workers of (g), at least 2")
     p.add_argument(
         "--stages", default="abcdefgh", help="run only these, e.g. abc ((c), (d) need (b))"
     )

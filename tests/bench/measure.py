@@ -10,7 +10,8 @@ worker processes), all in one run over one backlog:
 (e) re-processing of the retained topics from offset 0 into a fresh schema (a new consumer group
     and data dir) — what a projection rebuild would cost; there is no rebuild command yet;
 (f) peak RSS of the workers (`VmHWM`);
-(g) scale-out: two workers sharing the partitions, catch-up compared with one;
+(g) scale-out: `scale_workers` workers (2 unless asked) sharing the partitions, catch-up
+    compared with one;
 (h) the Faust floor: a worker whose `take_events` agent does nothing (`floor.py`).
 """
 
@@ -73,6 +74,7 @@ class Options:
     latency_seconds: float = 30.0
     stage_timeout: float = 3_600.0
     stages: str = "abcdefgh"  # which of the stages to run ((c), (d) need (b))
+    scale_workers: int = 2  # workers of (g)
     profile: Path | None = None  # py-spy the catch-up worker, writing here (text summary)
 
 
@@ -182,8 +184,9 @@ class Bench:
             results.reprocess, _ = await self.catch_up(self.fresh_pipeline("reprocess"), ["r1"])
             self.say(f"    {results.reprocess.rate:,.0f} events/s")
         if "g" in stages:
-            self.say("(g) scale-out: two workers")
-            results.scale_out, _ = await self.catch_up(self.fresh_pipeline("scale"), ["s1", "s2"])
+            names = [f"s{n}" for n in range(1, o.scale_workers + 1)]
+            self.say(f"(g) scale-out: {len(names)} workers")
+            results.scale_out, _ = await self.catch_up(self.fresh_pipeline("scale"), names)
             self.say(f"    {results.scale_out.rate:,.0f} events/s")
         if "h" in stages:
             self.say("(h) Faust floor: a take_events agent that does nothing")

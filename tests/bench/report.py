@@ -82,9 +82,16 @@ def rows(results: Results) -> list[Row]:
             ),
         ]
     if (s := results.scale_out) and (one := results.catch_up):
+        n = s.workers
+        ratio, whole = s.rate / one.rate, s.rate_with_startup / one.rate_with_startup
         out += [
-            rate("(g) scale-out: 2 workers, after start-up", s.rate),
-            Row("    2 workers / 1 worker", s.rate / one.rate, "x", None, "> 1", s.rate > one.rate),
+            rate(f"(g) scale-out: {n} workers, after start-up", s.rate),
+            Row(f"    {n} workers / 1 worker", ratio, "x", None, "> 1", ratio > 1),
+            rate(
+                f"    with start-up ({s.events:,} events in {s.total_seconds:.0f}s)",
+                s.rate_with_startup,
+            ),
+            Row(f"    with start-up, {n} workers / 1 worker", whole, "x", None, "> 1", whole > 1),
         ]
     if results.floor:
         out.append(rate("(h) Faust floor: take_events agent doing nothing", results.floor["rate"]))
