@@ -242,5 +242,16 @@ async def wait_idle(pipeline: Pipeline, timeout: float) -> None:
         await asyncio.sleep(0.5)
 
 
+async def settle_and_check(
+    pipeline: Pipeline, sim: GatewaySimulator, traffic: list[Loan], exact_gateway: bool,
+    timeout: float,
+) -> dict[str, int]:  # fmt: skip
+    """Wait for every saga to end, repay some loans, wait until idle, run every check."""
+    await wait_until_settled(pipeline, len(traffic), timeout=timeout)
+    await repay(pipeline)
+    await wait_idle(pipeline, timeout=180)
+    return await check_everything(pipeline, sim, traffic, exact_gateway)
+
+
 def elapsed(start: float) -> float:
     return round(time.monotonic() - start, 1)

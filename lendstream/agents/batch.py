@@ -8,15 +8,17 @@ each key's value (and its changelog record) lands in its own partition.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import os
 import weakref
-from collections.abc import Iterator, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from typing import NoReturn
 
+import faust
 from faust.streams import _current_event
-from faust.types import EventT
+from faust.types import EventT, StreamT
 
 from lendstream.domain.sequencing import Message, Position
 from lendstream.topics.codec import TopicSpec
@@ -89,3 +91,31 @@ def partition_ends(events: list[EventT]) -> dict[tuple[str, int], int]:
         tp = (msg.topic, msg.partition)
         ends[tp] = max(ends.get(tp, -1), msg.offset)
     return ends
+
+
+Process = Callable[[list[EventT]], Awaitable[None]]
+
+
+def register_batch_agent(
+    app: faust.App, topic: faust.TopicT, name: str, process: Process, batch_max: int,
+    batch_within: float, ready: asyncio.Event,
+) -> None:  # fmt: skip
+    """Declare agent `name` on `app`: once `ready` (PostgreSQL connected), it hands `process`
+    batches of up to `batch_max` events (or what came within `batch_within` seconds), and
+    fail-stops on any error so that the batch is never acked.
+
+    PostgreSQL first, then the stream: iterating the stream at once, to subscribe its topics
+    before Faust's first rebalance, let the take buffer fill during recovery; after the recovery
+    cleared the stream queues, partitions were seen never to be delivered again — a silent
+    stall, worse than the late resubscription this order can cause, which the contiguity guard
+    catches.
+    """
+
+    @app.agent(topic, name=name)
+    async def batch_agent(stream: StreamT) -> None:
+        await ready.wait()
+        async for events in stream.take_events(batch_max, within=batch_within):  # type: ignore[attr-defined]
+            try:
+                await process(list(events))
+            except Exception:
+                fail_stop(name)

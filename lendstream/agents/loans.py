@@ -19,15 +19,16 @@ state (by `event_id`, or by position while queued) and idempotent for the read m
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from dataclasses import replace
 from datetime import UTC, datetime
 
 import faust
 import orjson
-from faust.types import EventT, StreamT
+from faust.types import EventT
 
-from lendstream.agents.batch import as_current, fail_stop, partition_ends, to_message
+from lendstream.agents.batch import as_current, partition_ends, register_batch_agent, to_message
 from lendstream.agents.contiguity import ContiguityGuard
 from lendstream.agents.payouts import GatewayCalls, Outbox
 from lendstream.domain.loans import Loan
@@ -190,19 +191,8 @@ def notifications(outcomes: list[Outcome[Loan]]) -> list[fanout.Notification]:
 
 
 def register(app: faust.App, topic: faust.TopicT, processor: LoanProcessor, batch_max: int,
-             batch_within: float, ready: object) -> None:  # fmt: skip
+             batch_within: float, ready: asyncio.Event) -> None:  # fmt: skip
     """Declare the `loan-processor` agent on `app`."""
-
-    @app.agent(topic, name="loan-processor")
-    async def loan_processor(stream: StreamT) -> None:
-        # PostgreSQL first, then the stream. (Iterating the stream at once, to subscribe its
-        # topics before Faust's first rebalance, let the take buffer fill during recovery; after
-        # the recovery cleared the stream queues, partitions were seen never to be delivered
-        # again — a silent stall, worse than the late resubscription this order can cause, which
-        # the contiguity guard catches.)
-        await ready.wait()  # type: ignore[attr-defined]
-        async for events in stream.take_events(batch_max, within=batch_within):
-            try:
-                await processor.process(list(events))
-            except Exception:
-                fail_stop("loan-processor")
+    register_batch_agent(
+        app, topic, "loan-processor", processor.process, batch_max, batch_within, ready
+    )

@@ -15,13 +15,14 @@ treasury has no per-partner order to keep beyond Kafka's.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from datetime import UTC, datetime
 
 import faust
-from faust.types import EventT, StreamT
+from faust.types import EventT
 
-from lendstream.agents.batch import as_current, fail_stop, partition_ends, to_message
+from lendstream.agents.batch import as_current, partition_ends, register_batch_agent, to_message
 from lendstream.agents.payouts import Outbox
 from lendstream.domain.errors import LifecycleViolation
 from lendstream.domain.sequencing import Message, Pending, Position
@@ -137,14 +138,8 @@ def _dead_letter(event: EventT, exc: Exception, now: datetime) -> tuple[object, 
 
 
 def register(app: faust.App, topic: faust.TopicT, processor: TreasuryProcessor, batch_max: int,
-             batch_within: float, ready: object) -> None:  # fmt: skip
+             batch_within: float, ready: asyncio.Event) -> None:  # fmt: skip
     """Declare the `treasury-processor` agent on `app`."""
-
-    @app.agent(topic, name="treasury-processor")
-    async def treasury_processor(stream: StreamT) -> None:
-        await ready.wait()  # type: ignore[attr-defined]
-        async for events in stream.take_events(batch_max, within=batch_within):
-            try:
-                await processor.process(list(events))
-            except Exception:
-                fail_stop("treasury-processor")
+    register_batch_agent(
+        app, topic, "treasury-processor", processor.process, batch_max, batch_within, ready
+    )

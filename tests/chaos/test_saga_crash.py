@@ -33,8 +33,5 @@ async def test_saga_survives_repeated_sigkill(pipeline: Pipeline) -> None:
         await scenario.feed(pipeline, traffic)
         kills = await pipeline.crash_repeatedly(rng, KILLS, **scenario.saga_settings(url))
         assert kills == KILLS, f"the run ended after {kills} kills; make it longer"
-        await scenario.wait_until_settled(pipeline, LOANS, timeout=600)
-        await scenario.repay(pipeline)
-        await scenario.wait_idle(pipeline, timeout=180)
-        counts = await scenario.check_everything(pipeline, sim, traffic, exact_gateway=False)
+        counts = await scenario.settle_and_check(pipeline, sim, traffic, False, 600)
         print(f"{LOANS} loans, {kills} kills, {scenario.elapsed(start)}s: {counts}")

@@ -103,9 +103,6 @@ async def test_three_workers_with_the_saga_pay_each_payout_once(pipeline: Pipeli
         for name in ("w2", "w3"):
             pipeline.start_worker(name, **settings)
 
-        await scenario.wait_until_settled(pipeline, SAGA_LOANS, timeout=600)
-        await scenario.repay(pipeline)
-        await scenario.wait_idle(pipeline, timeout=180)
-        counts = await scenario.check_everything(pipeline, sim, traffic, exact_gateway=True)
+        counts = await scenario.settle_and_check(pipeline, sim, traffic, True, 600)
         print(f"{SAGA_LOANS} loans on 3 workers in {scenario.elapsed(start)}s: {counts}")
     pipeline.assert_no_crash()
