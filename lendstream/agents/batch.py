@@ -14,7 +14,7 @@ import logging
 import os
 import weakref
 from collections.abc import Awaitable, Callable, Iterator, Mapping
-from typing import NoReturn
+from typing import Any, NoReturn, TypeVar
 
 import faust
 from faust.streams import _current_event
@@ -34,17 +34,26 @@ def as_current(event: EventT) -> Iterator[None]:
         _current_event.reset(token)
 
 
+def key_of(event: EventT) -> str:
+    """The record's key as text (invalid UTF-8 replaced)."""
+    raw_key = event.message.key
+    return raw_key.decode("utf-8", "replace") if isinstance(raw_key, bytes) else str(raw_key or "")
+
+
+def position_of(event: EventT) -> Position:
+    msg = event.message
+    return Position(msg.topic, msg.partition, msg.offset)
+
+
 def to_message(event: EventT, specs: Mapping[str, TopicSpec]) -> Message:
     """Decode one Faust event with its topic's codec (never raises)."""
     msg = event.message
-    raw_key = msg.key
-    key = raw_key.decode("utf-8", "replace") if isinstance(raw_key, bytes) else str(raw_key or "")
     value = msg.value if isinstance(msg.value, bytes | None) else bytes(msg.value)
     return Message(
-        position=Position(msg.topic, msg.partition, msg.offset),
-        key=key,
+        position=position_of(event),
+        key=key_of(event),
         timestamp=msg.timestamp,
-        decoded=specs[msg.topic].decode(raw_key, value),
+        decoded=specs[msg.topic].decode(msg.key, value),
         raw=value,
         headers=_headers(msg.headers),
     )
@@ -91,6 +100,30 @@ def partition_ends(events: list[EventT]) -> dict[tuple[str, int], int]:
         tp = (msg.topic, msg.partition)
         ends[tp] = max(ends.get(tp, -1), msg.offset)
     return ends
+
+
+S = TypeVar("S")
+FetchNewer = Callable[[list[str], list[int]], Awaitable[list[Any]]]
+
+
+async def load_states(
+    table: faust.Table, events_by_key: Mapping[str, EventT], decode: Callable[[str, bytes | None], S],
+    seq_of: Callable[[S], int], fetch_newer: FetchNewer, key_column: str,
+) -> tuple[dict[str, S], int]:  # fmt: skip
+    """Each key's state: the table's (read as the key's own event, so from its partition), or
+    PostgreSQL's copy where that one has a higher `seq` (the table can be behind after a
+    SIGKILL: its changelog loses what was still in the producer's buffer). `fetch_newer(keys,
+    seqs)` returns rows with `key_column` and `state`. Also returns how many were taken from
+    PostgreSQL."""
+    states = {}
+    for key, event in events_by_key.items():
+        with as_current(event):
+            states[key] = decode(key, table.get(key.encode()))
+    keys = list(states)
+    newer = await fetch_newer(keys, [seq_of(states[k]) for k in keys])
+    for row in newer:
+        states[row[key_column]] = decode(row[key_column], row["state"])
+    return states, len(newer)
 
 
 Process = Callable[[list[EventT]], Awaitable[None]]

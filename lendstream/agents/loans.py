@@ -23,12 +23,19 @@ import asyncio
 import logging
 from dataclasses import replace
 from datetime import UTC, datetime
+from functools import partial
 
 import faust
 import orjson
 from faust.types import EventT
 
-from lendstream.agents.batch import as_current, partition_ends, register_batch_agent, to_message
+from lendstream.agents.batch import (
+    as_current,
+    load_states,
+    partition_ends,
+    register_batch_agent,
+    to_message,
+)
 from lendstream.agents.contiguity import ContiguityGuard
 from lendstream.agents.payouts import GatewayCalls, Outbox
 from lendstream.domain.loans import Loan
@@ -142,18 +149,12 @@ class LoanProcessor:
         self, events_by_key: dict[str, EventT]
     ) -> dict[str, tuple[Keyed[Loan], PayoutSaga | None]]:
         """Each key's state and saga: the table's, or PostgreSQL's where that one is newer."""
-        raw = {}
-        for key, event in events_by_key.items():
-            with as_current(event):
-                raw[key] = self.table.get(key.encode())
-        states = {key: loans_table.decode_with_saga(value) for key, value in raw.items()}
-        keys = list(raw)
-        seqs = [states[k][0].seq for k in keys]
-        newer = await self.writer.fetch(self.newer_sql, keys, seqs)
-        for row in newer:
-            states[row["loan_id"]] = loans_table.decode_with_saga(row["state"])
-        if newer:
-            log.warning("%d loan states were behind in the table; took PostgreSQL's", len(newer))
+        states, from_postgres = await load_states(
+            self.table, events_by_key, lambda _key, raw: loans_table.decode_with_saga(raw),
+            lambda state: state[0].seq, partial(self.writer.fetch, self.newer_sql), "loan_id",
+        )  # fmt: skip
+        if from_postgres:
+            log.warning("%d loan states were behind in the table; took PostgreSQL's", from_postgres)
         return states
 
     async def publish_dead_letters(self, rows: LoanRows) -> None:

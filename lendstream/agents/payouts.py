@@ -103,13 +103,6 @@ class GatewayCalls:
             data = {"attempt": call.attempt, "kind": result.kind, "reason": result.reason}
             value = control_command("GatewayAnswered", call.loan_id, data, datetime.now(UTC))
             await self.answer(call.loan_id, partition, value)
-        except asyncio.CancelledError:
-            raise
         except Exception:  # the saga's timer makes the call again
             log.exception("gateway call %s attempt %d: answer not delivered", call.payout_id,
                           call.attempt)  # fmt: skip
-
-    async def close(self) -> None:
-        for task in list(self.in_flight.values()):
-            task.cancel()
-        await self.client.close()

@@ -18,14 +18,23 @@ from __future__ import annotations
 import asyncio
 import logging
 from datetime import UTC, datetime
+from functools import partial
 
 import faust
 from faust.types import EventT
 
-from lendstream.agents.batch import as_current, partition_ends, register_batch_agent, to_message
+from lendstream.agents.batch import (
+    as_current,
+    key_of,
+    load_states,
+    partition_ends,
+    position_of,
+    register_batch_agent,
+    to_message,
+)
 from lendstream.agents.payouts import Outbox
 from lendstream.domain.errors import LifecycleViolation
-from lendstream.domain.sequencing import Message, Pending, Position
+from lendstream.domain.sequencing import Message, Pending
 from lendstream.projections.loans import dead_letter_row
 from lendstream.projections.treasury import LineRow, TreasuryRows, newer_lines_sql
 from lendstream.projections.writer import CheckpointedWriter, Item
@@ -34,6 +43,7 @@ from lendstream.sagas.treasury import CreditLine, TreasuryInput, decode_command
 from lendstream.tables import treasury as lines_table
 from lendstream.topics import PAYOUT_EVENTS, TREASURY_EVENTS
 from lendstream.topics.codec import Invalid, encode_event
+from lendstream.topics.envelope import Event
 from lendstream.topics.treasury import COMMANDS_TOPIC
 
 log = logging.getLogger(__name__)
@@ -59,17 +69,18 @@ class TreasuryProcessor:
         if not fresh:
             return
         now = datetime.now(UTC)
-        last_event = {_key(e): e for e in fresh}
+        last_event = {key_of(e): e for e in fresh}
         lines, seqs = await self.load(last_event)
         rows = TreasuryRows()
         changed: set[str] = set()
         for event in fresh:
-            key = _key(event)
+            key = key_of(event)
+            decoded: TreasuryInput | None = None
             try:
-                message, reply_partition = decode(event)
-                lines[key], answers = treasury.react(lines[key], message, now)
+                decoded, reply_partition = decode(event)
+                lines[key], answers = treasury.react(lines[key], decoded, now)
             except (ValueError, LifecycleViolation) as exc:
-                rows.dead_letters.append(_dead_letter(event, exc, now))
+                rows.dead_letters.append(_dead_letter(event, decoded, exc, now))
                 continue
             changed.add(key)
             for answer in answers:
@@ -79,7 +90,7 @@ class TreasuryProcessor:
         rows.lines.extend(LineRow(lines[k], seqs[k] + 1, encoded[k]) for k in sorted(changed))
         await self.outbox.flush()
         timestamps = [e.message.timestamp for e in fresh]
-        await self.writer.commit([Item(_position(fresh[0]), rows)], partition_ends(fresh),
+        await self.writer.commit([Item(position_of(fresh[0]), rows)], partition_ends(fresh),
                                  timestamps)  # fmt: skip
         for key, value in encoded.items():
             with as_current(last_event[key]):
@@ -89,25 +100,12 @@ class TreasuryProcessor:
         self, events_by_key: dict[str, EventT]
     ) -> tuple[dict[str, CreditLine], dict[str, int]]:
         """Each partner's line and seq: the table's, or PostgreSQL's where that one is newer."""
-        loaded = {}
-        for key, event in events_by_key.items():
-            with as_current(event):
-                loaded[key] = lines_table.decode(self.table.get(key.encode()), key)
-        keys = list(loaded)
-        newer = await self.writer.fetch(self.newer_sql, keys, [loaded[k][1] for k in keys])
-        for row in newer:
-            loaded[row["partner_id"]] = lines_table.decode(row["state"], row["partner_id"])
+        loaded, _ = await load_states(
+            self.table, events_by_key, lambda key, raw: lines_table.decode(raw, key),
+            lambda state: state[1],
+            partial(self.writer.fetch, self.newer_sql), "partner_id",
+        )  # fmt: skip
         return {k: v[0] for k, v in loaded.items()}, {k: v[1] for k, v in loaded.items()}
-
-
-def _key(event: EventT) -> str:
-    key = event.message.key
-    return key.decode("utf-8", "replace") if isinstance(key, bytes) else str(key or "")
-
-
-def _position(event: EventT) -> Position:
-    msg = event.message
-    return Position(msg.topic, msg.partition, msg.offset)
 
 
 def decode(event: EventT) -> tuple[TreasuryInput, int | None]:
@@ -121,17 +119,18 @@ def decode(event: EventT) -> tuple[TreasuryInput, int | None]:
     return decoded, None  # type: ignore[return-value]
 
 
-def _dead_letter(event: EventT, exc: Exception, now: datetime) -> tuple[object, ...]:
+def _dead_letter(
+    event: EventT, decoded: TreasuryInput | None, exc: Exception, now: datetime
+) -> tuple[object, ...]:
+    """The `dead_letters` row of a record that could not be applied (`decoded`: what it
+    decoded to, if it did)."""
     msg = event.message
-    pos = _position(event)
-    decoded = None
-    if msg.topic != COMMANDS_TOPIC:
-        candidate = to_message(event, SPECS).decoded
-        decoded = None if isinstance(candidate, Invalid) else candidate
-    since = datetime.fromtimestamp(msg.timestamp, UTC)
+    pos = position_of(event)
     error_class = type(exc).__name__
-    pending = Pending(pos, decoded, "dead", error_class, str(exc), since)
-    message = Message(pos, _key(event), msg.timestamp, decoded or Invalid(error_class, str(exc)),
+    applied = decoded if isinstance(decoded, Event) else None  # a command is not an event
+    pending = Pending(pos, applied, "dead", error_class, str(exc),
+                      datetime.fromtimestamp(msg.timestamp, UTC))  # fmt: skip
+    message = Message(pos, key_of(event), msg.timestamp, applied or Invalid(error_class, str(exc)),
                       msg.value)  # fmt: skip
     log.warning("treasury dead letter %s: %s", pending.id, exc)
     return dead_letter_row(pending, "dead", message, now)
