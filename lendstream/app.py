@@ -24,6 +24,7 @@ from lendstream.agents import treasury as treasury_agent
 from lendstream.agents.batch import fail_stop
 from lendstream.agents.contiguity import ContiguityGuard, StallWatch
 from lendstream.agents.payouts import GatewayCalls, Outbox
+from lendstream.delivery import BatchDeliveryConsumer, BatchQueue
 from lendstream.domain import loans as loan_domain
 from lendstream.domain.sequencing import Evolve, Policy
 from lendstream.gateway import GatewayClient
@@ -72,7 +73,7 @@ class _ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
         return {tp: true_ends[TopicPartition(tp.topic, tp.partition)] for tp in partitions}
 
 
-class _Consumer(faust_aiokafka.Consumer):
+class _Consumer(BatchDeliveryConsumer, faust_aiokafka.Consumer):
     def _new_consumer_thread(self) -> faust_aiokafka.AIOKafkaConsumerThread:
         return _ConsumerThread(self, loop=self.loop, beacon=self.beacon)
 
@@ -82,6 +83,11 @@ class _Transport(faust_aiokafka.Transport):
 
 
 class LendstreamApp(faust.App):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        #: topic name → the batch agent's queue (`lendstream.delivery`)
+        self.batch_queues: dict[str, BatchQueue] = {}
+
     def _new_transport(self) -> Any:
         return _Transport(self.conf.broker_consumer, self)
 
@@ -179,9 +185,7 @@ def create_app(
         table, writer, guard, runtime.metrics, settings.pg_schema, evolve, policy,
         Outbox(produce), saga_policy(settings, policy), gateway, dead_letters,
     )  # fmt: skip
-    loan_agent.register(
-        app, topic, processor, settings.batch_max, settings.batch_within, runtime.ready
-    )
+    loan_agent.register(app, topic, processor, settings.batch_max, runtime.ready)
     _register_treasury(app, runtime, Outbox(produce))
     notifications = app.topic(CUSTOMER_NOTIFICATIONS_TOPIC, key_serializer="raw",
                               value_serializer="raw")  # fmt: skip
@@ -227,9 +231,7 @@ def _register_treasury(app: faust.App, runtime: Runtime, outbox: Outbox) -> None
     runtime.writers.append(writer)
     table = lines_table.declare(app, settings.partitions)
     processor = treasury_agent.TreasuryProcessor(table, writer, outbox, settings.pg_schema)
-    treasury_agent.register(
-        app, topic, processor, settings.batch_max, settings.batch_within, runtime.ready
-    )
+    treasury_agent.register(app, topic, processor, settings.batch_max, runtime.ready)
 
 
 STALL_PATIENCE_SECONDS = 60.0

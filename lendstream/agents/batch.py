@@ -20,6 +20,7 @@ import faust
 from faust.streams import _current_event
 from faust.types import EventT, StreamT
 
+from lendstream.delivery import BatchQueue
 from lendstream.domain.sequencing import Message, Position
 from lendstream.topics.codec import TopicSpec
 
@@ -131,24 +132,32 @@ Process = Callable[[list[EventT]], Awaitable[None]]
 
 def register_batch_agent(
     app: faust.App, topic: faust.TopicT, name: str, process: Process, batch_max: int,
-    batch_within: float, ready: asyncio.Event,
+    ready: asyncio.Event,
 ) -> None:  # fmt: skip
     """Declare agent `name` on `app`: once `ready` (PostgreSQL connected), it hands `process`
-    batches of up to `batch_max` events (or what came within `batch_within` seconds), and
-    fail-stops on any error so that the batch is never acked.
+    what has been fetched of `topic`'s partitions — whole fetched batches, up to `batch_max`
+    events (`lendstream.delivery`) — acks them once `process` returns, and fail-stops on any
+    error so that the batch is never acked.
 
-    PostgreSQL first, then the stream: iterating the stream at once, to subscribe its topics
-    before Faust's first rebalance, let the take buffer fill during recovery; after the recovery
-    cleared the stream queues, partitions were seen never to be delivered again — a silent
-    stall, worse than the late resubscription this order can cause, which the contiguity guard
-    catches.
+    PostgreSQL first, then the batches: until `ready`, fetched batches wait in the agent's
+    bounded queue (the fetcher waits when it is full); a rebalance or the end of a table
+    recovery empties it, and the partitions are read again from their committed offsets.
     """
+    queue = BatchQueue(app, capacity=max(4 * batch_max, 4096))
+    batch_queues: dict[str, BatchQueue] = app.batch_queues  # type: ignore[attr-defined]
+    for topic_name in topic.topics:
+        batch_queues[topic_name] = queue
+    # Subscribed with the other topics at start-up (Faust subscribes an agent's topic when the
+    # agent first iterates its stream; this one never does).
+    app.topics.add(topic.clone(is_iterator=True))
 
     @app.agent(topic, name=name)
     async def batch_agent(stream: StreamT) -> None:
         await ready.wait()
-        async for events in stream.take_events(batch_max, within=batch_within):  # type: ignore[attr-defined]
+        while True:
+            events = await queue.take(batch_max)
             try:
-                await process(list(events))
+                await process(events)
             except Exception:
                 fail_stop(name)
+            queue.ack(events)

@@ -192,8 +192,6 @@ def notifications(outcomes: list[Outcome[Loan]]) -> list[fanout.Notification]:
 
 
 def register(app: faust.App, topic: faust.TopicT, processor: LoanProcessor, batch_max: int,
-             batch_within: float, ready: asyncio.Event) -> None:  # fmt: skip
+             ready: asyncio.Event) -> None:  # fmt: skip
     """Declare the `loan-processor` agent on `app`."""
-    register_batch_agent(
-        app, topic, "loan-processor", processor.process, batch_max, batch_within, ready
-    )
+    register_batch_agent(app, topic, "loan-processor", processor.process, batch_max, ready)

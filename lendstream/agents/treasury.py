@@ -137,8 +137,6 @@ def _dead_letter(
 
 
 def register(app: faust.App, topic: faust.TopicT, processor: TreasuryProcessor, batch_max: int,
-             batch_within: float, ready: asyncio.Event) -> None:  # fmt: skip
+             ready: asyncio.Event) -> None:  # fmt: skip
     """Declare the `treasury-processor` agent on `app`."""
-    register_batch_agent(
-        app, topic, "treasury-processor", processor.process, batch_max, batch_within, ready
-    )
+    register_batch_agent(app, topic, "treasury-processor", processor.process, batch_max, ready)
