@@ -68,15 +68,18 @@ class BatchQueue:
         self._size += len(events)
         self._filled.set()
 
-    async def take(self, max_events: int) -> list[EventT]:
-        """The queued batches, whole, up to `max_events` (at least one batch), once any is
-        there. Events of an older consumer generation, or taken while the flow is suspended,
+    async def take(self, max_events: int, within: float) -> list[EventT]:
+        """The queued batches, whole, up to `max_events` (at least one batch): once any is
+        there, after waiting up to `within` seconds for `max_events` to be queued. The wait
+        lets a loan's records on the other topics, appended at about the same time, arrive and
+        be merged into the batch in time order (`in_time_order`). Events of an older consumer generation, or taken while the flow is suspended,
         are dropped (not acked: they are fetched again from the committed offsets). The
         returned events' messages are tracked as unacked; `ack` them after processing."""
         while True:
             while not self._batches:
                 self._filled.clear()
                 await self._filled.wait()
+            await self._fill(max_events, within)
             batches: list[list[EventT]] = []
             taken = 0
             while self._batches and (not taken or taken + len(self._batches[0]) <= max_events):
@@ -92,6 +95,19 @@ class BatchQueue:
                 for event in current:
                     consumer.track_message(event.message)
                 return current
+
+    async def _fill(self, max_events: int, within: float) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + within
+        while self._size < max_events:
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                return
+            self._filled.clear()
+            try:
+                await asyncio.wait_for(self._filled.wait(), remaining)
+            except TimeoutError:
+                return
 
     def _current(self, events: list[EventT]) -> list[EventT]:
         if not self.app.flow_control.is_active():

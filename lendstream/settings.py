@@ -106,6 +106,7 @@ class Settings(BaseSettings):
     retry_backoff: Durations = (1.0, 10.0, 60.0, 300.0)
 
     batch_max: int = Field(default=2000, ge=1, le=100_000)
+    batch_within: Duration = 0.2
     kafka_session_timeout: Duration = 10.0
     kafka_heartbeat_interval: Duration = 1.0
     pg_pool_max: int = Field(default=4, ge=1, le=100)

@@ -117,7 +117,8 @@ async def check_everything(
     summary = {r["loan_id"]: r for r in await fetch("SELECT * FROM loan_summary")}
     sagas = {r["loan_id"]: r for r in await fetch("SELECT * FROM saga_instances")}
     assert len(summary) == len(traffic) and set(sagas) == set(summary)
-    dead = {r["key"] for r in await fetch("SELECT key FROM dead_letters WHERE status = 'dead'")}
+    dead_rows = await fetch("SELECT key, id, error FROM dead_letters WHERE status = 'dead'")
+    dead = {r["key"] for r in dead_rows}
     for loan in traffic:
         status = summary[loan.loan_id]["status"]
         if loan.canceled and status == "canceled":
@@ -125,7 +126,8 @@ async def check_everything(
         if loan.canceled:  # the cancellation came after the gateway call: a dead letter
             assert loan.loan_id in dead, (loan, status)
         assert status in TERMINAL_LOAN - {"canceled"}, (loan, status)
-    assert dead <= {loan.loan_id for loan in traffic if loan.canceled}, dead
+    canceled = {loan.loan_id for loan in traffic if loan.canceled}
+    assert dead <= canceled, [dict(r) for r in dead_rows if r["key"] not in canceled]
 
     # each saga ends in exactly one terminal status, matching its loan
     expected = {"paid_out": "completed", "repaying": "completed", "settled": "completed",

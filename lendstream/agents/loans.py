@@ -30,7 +30,8 @@ import orjson
 from faust.types import EventT
 
 from lendstream.agents.batch import (
-    as_current,
+    TableWriter,
+    by_partition,
     load_states,
     partition_ends,
     register_batch_agent,
@@ -97,6 +98,8 @@ class LoanProcessor:
         self.saga_policy = saga_policy
         self.gateway = gateway  # None: no saga is started (payout events come from elsewhere)
         self.dead_letters = dead_letters
+        self.table_writer = TableWriter(table, outbox.send)
+        self.stale_in_table: set[str] = set()  # keys of the batch whose state came from PostgreSQL
 
     async def process(self, events: list[EventT]) -> None:
         await self.guard.check(events)
@@ -117,12 +120,14 @@ class LoanProcessor:
             outcomes.extend(more)
             commands.extend((message.position.partition, c) for c in saga_commands)
         encoded, changed, saga_rows = {}, [], []
+        stale_in_table = self.stale_in_table
         for key, keyed in states.items():
             old_keyed, old_saga = loaded[key]
             is_changed = keyed != old_keyed or sagas[key] != old_saga
             if is_changed:
                 keyed = replace(keyed, seq=old_keyed.seq + 1)
-            encoded[key] = loans_table.encode(keyed, sagas[key])  # once: PostgreSQL and table
+            if is_changed or key in stale_in_table:
+                encoded[key] = loans_table.encode(keyed, sagas[key])  # PostgreSQL and table
             if is_changed:
                 partition = last_event[key].message.partition
                 due = next_due(keyed, sagas[key], self.policy)
@@ -137,9 +142,7 @@ class LoanProcessor:
         await self.outbox.flush()
         batch = Item(messages[0].position, BatchRows(rows, changed, saga_rows))
         await self.writer.commit([batch], partition_ends(events), [m.timestamp for m in messages])
-        for key, value in encoded.items():
-            with as_current(last_event[key]):
-                self.table[key.encode()] = value
+        await self.table_writer.write(by_partition(encoded, last_event))
         if self.gateway is not None:
             self.gateway.start(calls)
         self.count(outcomes)
@@ -149,12 +152,15 @@ class LoanProcessor:
         self, events_by_key: dict[str, EventT]
     ) -> dict[str, tuple[Keyed[Loan], PayoutSaga | None]]:
         """Each key's state and saga: the table's, or PostgreSQL's where that one is newer."""
-        states, from_postgres = await load_states(
+        states, self.stale_in_table = await load_states(
             self.table, events_by_key, lambda _key, raw: loans_table.decode_with_saga(raw),
             lambda state: state[0].seq, partial(self.writer.fetch, self.newer_sql), "loan_id",
         )  # fmt: skip
-        if from_postgres:
-            log.warning("%d loan states were behind in the table; took PostgreSQL's", from_postgres)
+        if self.stale_in_table:
+            log.warning(
+                "%d loan states were behind in the table; took PostgreSQL's",
+                len(self.stale_in_table),
+            )
         return states
 
     async def publish_dead_letters(self, rows: LoanRows) -> None:
@@ -192,6 +198,8 @@ def notifications(outcomes: list[Outcome[Loan]]) -> list[fanout.Notification]:
 
 
 def register(app: faust.App, topic: faust.TopicT, processor: LoanProcessor, batch_max: int,
-             ready: asyncio.Event) -> None:  # fmt: skip
+             batch_within: float, ready: asyncio.Event) -> None:  # fmt: skip
     """Declare the `loan-processor` agent on `app`."""
-    register_batch_agent(app, topic, "loan-processor", processor.process, batch_max, ready)
+    register_batch_agent(
+        app, topic, "loan-processor", processor.process, batch_max, batch_within, ready
+    )

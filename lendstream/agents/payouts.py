@@ -19,10 +19,10 @@ import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
 
 import orjson
 
+from lendstream.agents.batch import Send
 from lendstream.gateway import GatewayClient
 from lendstream.sagas.fanout import Notification
 from lendstream.sagas.payout import CallGateway, Command, Emit, ToTreasury
@@ -33,9 +33,6 @@ from lendstream.topics.control import command as control_command
 from lendstream.topics.treasury import COMMANDS_TOPIC as TREASURY_COMMANDS
 
 log = logging.getLogger(__name__)
-
-#: `producer.send(topic, key, value, partition)` returning a delivery future (Faust's producer).
-Send = Callable[[str, bytes, bytes, int | None], Awaitable[Awaitable[Any]]]
 
 
 @dataclass

@@ -24,7 +24,8 @@ import faust
 from faust.types import EventT
 
 from lendstream.agents.batch import (
-    as_current,
+    TableWriter,
+    by_partition,
     key_of,
     load_states,
     partition_ends,
@@ -58,6 +59,7 @@ class TreasuryProcessor:
         self.table = table
         self.writer = writer
         self.outbox = outbox
+        self.table_writer = TableWriter(table, outbox.send)
         self.newer_sql = newer_lines_sql(schema)
 
     async def process(self, events: list[EventT]) -> None:
@@ -92,9 +94,7 @@ class TreasuryProcessor:
         timestamps = [e.message.timestamp for e in fresh]
         await self.writer.commit([Item(position_of(fresh[0]), rows)], partition_ends(fresh),
                                  timestamps)  # fmt: skip
-        for key, value in encoded.items():
-            with as_current(last_event[key]):
-                self.table[key.encode()] = value
+        await self.table_writer.write(by_partition(encoded, last_event))
 
     async def load(
         self, events_by_key: dict[str, EventT]
@@ -137,6 +137,8 @@ def _dead_letter(
 
 
 def register(app: faust.App, topic: faust.TopicT, processor: TreasuryProcessor, batch_max: int,
-             ready: asyncio.Event) -> None:  # fmt: skip
+             batch_within: float, ready: asyncio.Event) -> None:  # fmt: skip
     """Declare the `treasury-processor` agent on `app`."""
-    register_batch_agent(app, topic, "treasury-processor", processor.process, batch_max, ready)
+    register_batch_agent(
+        app, topic, "treasury-processor", processor.process, batch_max, batch_within, ready
+    )

@@ -96,7 +96,7 @@ def build(count: Counter, per_message: bool, batched_drain: bool) -> faust.App:
             async for _event in stream.events():
                 count(1)
         else:
-            async for batch in stream.take_events(settings.batch_max, within=0.2):
+            async for batch in stream.take_events(settings.batch_max, within=settings.batch_within):
                 count(len(batch))
 
     return app

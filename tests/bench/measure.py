@@ -654,5 +654,6 @@ def environment(settings: Settings) -> dict[str, Any]:
         "aiokafka": importlib.metadata.version("aiokafka"),
         "commit": commit,
         "batch_max": settings.batch_max,
+        "batch_within": settings.batch_within,
         "pg_pool_max": settings.pg_pool_max,
     }
