@@ -87,7 +87,9 @@ class _Transport(faust_aiokafka.Transport):
 class LendstreamApp(faust.App):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        #: topic name → the batch agent's queue (`lendstream.delivery`)
+        #: topic name → the batch agent's queue (`lendstream.delivery`), when batched delivery
+        #: is on (`LENDSTREAM_BATCHED_DELIVERY`)
+        self.batched_delivery = False
         self.batch_queues: dict[str, BatchQueue] = {}
 
     def _new_transport(self) -> Any:
@@ -147,6 +149,7 @@ def create_app(
         worker_redirect_stdouts=False,
         autodiscover=False,
     )
+    app.batched_delivery = settings.batched_delivery
     topic = app.topic(
         *[spec.name for spec in LOAN_PROCESSOR_INPUTS],
         key_serializer="raw",

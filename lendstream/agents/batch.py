@@ -206,14 +206,20 @@ def register_batch_agent(
     batch_within: float, ready: asyncio.Event,
 ) -> None:  # fmt: skip
     """Declare agent `name` on `app`: once `ready` (PostgreSQL connected), it hands `process`
-    what has been fetched of `topic`'s partitions — whole fetched batches, up to `batch_max`
-    events or what came within `batch_within` seconds (`lendstream.delivery`) — acks them once `process` returns, and fail-stops on any
-    error so that the batch is never acked.
+    batches of up to `batch_max` events or what came within `batch_within` seconds, and
+    fail-stops on any error so that the batch is never acked.
 
-    PostgreSQL first, then the batches: until `ready`, fetched batches wait in the agent's
+    With `app.batched_delivery` the batches are whole fetched batches (`lendstream.delivery`),
+    acked here once `process` returns; without, Faust's stream delivers them message by message
+    (`_register_stream_agent`).
+
+    Batched, PostgreSQL first, then the batches: until `ready`, fetched batches wait in the agent's
     bounded queue (the fetcher waits when it is full); a rebalance or the end of a table
     recovery empties it, and the partitions are read again from their committed offsets.
     """
+    if not getattr(app, "batched_delivery", False):
+        _register_stream_agent(app, topic, name, process, batch_max, batch_within, ready)
+        return
     queue = BatchQueue(app, capacity=max(4 * batch_max, 4096))
     batch_queues: dict[str, BatchQueue] = app.batch_queues  # type: ignore[attr-defined]
     for topic_name in topic.topics:
@@ -232,3 +238,26 @@ def register_batch_agent(
             except Exception:
                 fail_stop(name)
             queue.ack(events)
+
+
+def _register_stream_agent(
+    app: faust.App, topic: faust.TopicT, name: str, process: Process, batch_max: int,
+    batch_within: float, ready: asyncio.Event,
+) -> None:  # fmt: skip
+    """The agent on Faust's own per-message delivery (`take_events`), batched delivery off.
+
+    PostgreSQL first, then the stream: iterating the stream at once, to subscribe its topics
+    before Faust's first rebalance, let the take buffer fill during recovery; after the recovery
+    cleared the stream queues, partitions were seen never to be delivered again — a silent
+    stall, worse than the late resubscription this order can cause, which the contiguity guard
+    catches.
+    """
+
+    @app.agent(topic, name=name)
+    async def batch_agent(stream: StreamT) -> None:
+        await ready.wait()
+        async for events in stream.take_events(batch_max, within=batch_within):  # type: ignore[attr-defined]
+            try:
+                await process(list(events))
+            except Exception:
+                fail_stop(name)

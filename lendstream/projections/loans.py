@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Sequence
-from dataclasses import astuple, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -171,6 +171,13 @@ def rows_for(outcomes: Sequence[Outcome[Loan]], now: datetime) -> LoanRows:
 
 #: Larger values are left out of `dead-letters` records (the read model keeps them whole).
 MAX_RECORD_VALUE_BYTES = 64 * 1024
+
+
+def ledger_row(e: LedgerEntry) -> tuple[Any, ...]:
+    """The `ledger_entries` row of `e` (`dataclasses.astuple` deep-copies every field: ~8% of
+    the worker's CPU in the benchmark)."""
+    return (e.entry_id, e.event_id, e.loan_id, e.account, e.direction, e.amount_cents,
+            e.currency, e.booked_at)  # fmt: skip
 
 
 def dead_letter_records(rows: LoanRows) -> list[tuple[str | None, dict[str, Any]]]:
@@ -405,7 +412,7 @@ def make_apply(schema: str) -> Any:
                     [(*k, n, amount) for k, (n, amount) in sorted(payouts.items())],
                 )
         if rows.ledger:
-            await conn.executemany(sql_ledger, [astuple(e) for e in rows.ledger])
+            await conn.executemany(sql_ledger, [ledger_row(e) for e in rows.ledger])
         if rows.dead_letters:
             await conn.executemany(sql_dead_letter, rows.dead_letters)
         if rows.applied_ids:
