@@ -8,6 +8,12 @@ consumer (group membership, assignment, fetcher, table recovery, offset commits)
 only that loop: the records of a partition that a `BatchQueue` claims are put on it as one list
 of Faust events; all other records (changelogs, other agents' topics) take Faust's own path.
 
+Offsets are committed from what the agent has processed, not from Faust's acks: for a batch
+agent's partition the committable offset is one past the last offset of the last batch it
+processed (`mark_processed`), so no commit ever passes a record that was not processed —
+whatever happened to the fetched records in between (a queue emptied by a rebalance, a delivery
+abandoned by a shutdown). The contiguity guard still checks every batch against PostgreSQL.
+
 What the loop keeps from Faust's, so that rebalances and recovery behave as before:
 - records of an older consumer generation, of paused partitions, or fetched while the flow is
   stopped are not delivered (with the flow stopped it seeks back to the committed offsets);
@@ -116,9 +122,15 @@ class BatchQueue:
         return [e for e in events if e.message.generation_id == generation]
 
     def ack(self, events: Iterable[EventT]) -> None:
-        consumer = self.app.consumer
+        """Mark `events` processed: acked for Faust's wait on a rebalance or shutdown, and
+        their partitions committable up to their last offset (`BatchDeliveryConsumer`)."""
+        consumer: Any = self.app.consumer
+        ends: dict[TP, int] = {}
         for event in events:
-            consumer.ack(event.message)
+            message = event.message
+            consumer.ack(message)
+            ends[message.tp] = max(ends.get(message.tp, -1), message.offset)
+        consumer.mark_processed(ends)
 
     def wrap(self, message: Message) -> EventT:
         return faust.Event(self.app, message.key, message.value, message.headers, message)
@@ -148,6 +160,29 @@ def _timestamp(event: EventT) -> float:
 class BatchDeliveryConsumer:
     """Mixin for a Faust `Consumer`: the drain loop of the module docstring. The app names its
     queues by topic in `batch_queues`."""
+
+    _processed: dict[TP, int] | None = None
+
+    def mark_processed(self, ends: dict[TP, int]) -> None:
+        """Record the last processed offset per partition (see the module docstring)."""
+        if self._processed is None:
+            self._processed = {}
+        processed = self._processed
+        for tp, offset in ends.items():
+            if offset > processed.get(tp, -1):
+                processed[tp] = offset
+
+    def _new_offset(self, tp: TP) -> int | None:
+        self_: Any = self
+        if tp.topic not in getattr(self_.app, "batch_queues", {}):
+            return super()._new_offset(tp)  # type: ignore[misc,no-any-return]
+        self_._acked[tp].clear()  # the acks only serve Faust's wait for unacked messages
+        self_._acked_index[tp].clear()
+        last = (self._processed or {}).get(tp)
+        if last is None:
+            return None
+        committed = self_._committed_offset.get(tp)
+        return last + 1 if committed is None or last + 1 > committed else None
 
     async def _drain_messages(self, fetcher: Any) -> None:  # pragma: no cover - needs a broker
         self_: Any = self
@@ -210,12 +245,13 @@ class BatchDeliveryConsumer:
             self_._read_offset[tp] = fresh[-1].offset
 
     async def _fresh(self, tp: TP, batch: list[Any]) -> list[Any]:
-        """The records not read yet; registers offset gaps and commits every `commit_every`
-        acks, as Faust's loop does per record."""
+        """The records not read yet; registers offset gaps (for topics committed from Faust's
+        acks) and commits every `commit_every` acks, as Faust's loop does per record."""
         self_: Any = self
         read_offset = self_._read_offset.get(tp)
         fresh = [r for r in batch if read_offset is None or r.offset >= read_offset]
-        if fresh and self_.app.topics.acks_enabled_for(tp.topic):
+        batch_agent_topic = tp.topic in self_.app.batch_queues
+        if fresh and not batch_agent_topic and self_.app.topics.acks_enabled_for(tp.topic):
             previous = read_offset
             for record in fresh:
                 if previous and record.offset - previous > 1:
