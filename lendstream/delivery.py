@@ -29,7 +29,9 @@ what they see with streams.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import heapq
+import time
 from collections import deque
 from collections.abc import Iterable
 from typing import Any
@@ -55,6 +57,10 @@ class BatchQueue:
         self._filled = asyncio.Event()
         self._space = asyncio.Event()
         self._space.set()
+        self._last_taken: dict[TP, int] = {}
+        self._held_since: dict[int, float] = {}
+        self._held_size = 0
+        self.topics: set[str] = set()  # the topics whose batches come here
         app.flow_control.manage_queue(self)  # type: ignore[arg-type]
 
     def __len__(self) -> int:
@@ -62,12 +68,14 @@ class BatchQueue:
 
     def clear(self) -> None:
         self._batches.clear()
-        self._size = 0
+        self._size = self._held_size = 0
+        self._held_since.clear()
         self._filled.clear()
         self._space.set()
 
     async def put(self, events: list[EventT]) -> None:
-        while self._size >= self.capacity:
+        # Held batches do not count: the records a held task waits for may be behind this put.
+        while self._size - self._held_size >= self.capacity:
             self._space.clear()
             await self._space.wait()
         self._batches.append(events)
@@ -76,31 +84,74 @@ class BatchQueue:
 
     async def take(self, max_events: int, within: float) -> list[EventT]:
         """The queued batches, whole, up to `max_events` (at least one batch): once any is
-        there, after waiting up to `within` seconds for `max_events` to be queued. The wait
-        lets a loan's records on the other topics, appended at about the same time, arrive and
-        be merged into the batch in time order (`in_time_order`). Events of an older consumer generation, or taken while the flow is suspended,
-        are dropped (not acked: they are fetched again from the committed offsets). The
-        returned events' messages are tracked as unacked; `ack` them after processing."""
+        there, after waiting up to `within` seconds for `max_events` to be queued, merged in
+        time order (`in_time_order`).
+
+        Per task — one partition number across the co-partitioned topics, i.e. one set of
+        loans — the batches are held back (up to `TASK_IDLE_SECONDS`) while another of the
+        task's partitions has records on the broker that have not been fetched yet, as Kafka
+        Streams does: otherwise, catching up, a `LoanCanceled` on `loan-events` could be folded
+        before the `LoanPaidOut` appended before it on `payout-events`, only because the two
+        partitions' fetches drift apart.
+
+        Events of an older consumer generation, or taken while the flow is suspended, are
+        dropped (not acked: they are fetched again from the committed offsets). The returned
+        events' messages are tracked as unacked; `ack` them after processing."""
         while True:
             while not self._batches:
                 self._filled.clear()
                 await self._filled.wait()
             await self._fill(max_events, within)
             batches: list[list[EventT]] = []
-            taken = 0
+            taken = self._held_size = 0
             while self._batches and (not taken or taken + len(self._batches[0]) <= max_events):
                 batch = self._batches.popleft()
                 self._size -= len(batch)
                 taken += len(batch)
                 batches.append(batch)
-            if self._size < self.capacity:
+            batches, wait = self._hold_lagging_tasks(batches)
+            if self._size - self._held_size < self.capacity:
                 self._space.set()
+            if not batches:
+                self._filled.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._filled.wait(), wait)
+                continue
             current = self._current(in_time_order(batches))
             if current:
                 consumer = self.app.consumer
                 for event in current:
                     consumer.track_message(event.message)
                 return current
+
+    def _hold_lagging_tasks(self, batches: list[list[EventT]]) -> tuple[list[list[EventT]], float]:
+        """`batches` without those of tasks to hold (put back at the head of the queue, in
+        order), and how long the next hold may still wait."""
+        consumer: Any = self.app.consumer
+        now = time.monotonic()
+        present = {b[0].message.tp for b in batches} | {b[0].message.tp for b in self._batches}
+        lagging_tasks = {
+            tp.partition for tp in consumer.assignment()
+            if tp.topic in self.topics and tp not in present and _has_unfetched(consumer, tp)
+        }  # fmt: skip
+        held: list[list[EventT]] = []
+        released: list[list[EventT]] = []
+        wait = TASK_IDLE_SECONDS
+        for batch in batches:
+            task = batch[0].message.partition
+            if task in lagging_tasks:
+                since = self._held_since.setdefault(task, now)
+                if now - since < TASK_IDLE_SECONDS:
+                    held.append(batch)
+                    wait = min(wait, TASK_IDLE_SECONDS - (now - since))
+                    continue
+            self._held_since.pop(task, None)
+            released.append(batch)
+        for batch in reversed(held):
+            self._batches.appendleft(batch)
+            self._size += len(batch)
+            self._held_size += len(batch)
+        return released, max(wait, 0.01)
 
     async def _fill(self, max_events: int, within: float) -> None:
         loop = asyncio.get_running_loop()
@@ -116,10 +167,21 @@ class BatchQueue:
                 return
 
     def _current(self, events: list[EventT]) -> list[EventT]:
+        """`events` without those of an older generation or taken while the flow is
+        suspended, and without any record at or below the last one taken of its partition (a
+        copy fetched again after a seek: it was processed already, or the process died)."""
         if not self.app.flow_control.is_active():
             return []
         generation = self.app.consumer_generation_id
-        return [e for e in events if e.message.generation_id == generation]
+        last_taken = self._last_taken
+        current = []
+        for event in events:
+            message = event.message
+            tp = message.tp
+            if message.generation_id == generation and message.offset > last_taken.get(tp, -1):
+                last_taken[tp] = message.offset
+                current.append(event)
+        return current
 
     def ack(self, events: Iterable[EventT]) -> None:
         """Mark `events` processed: acked for Faust's wait on a rebalance or shutdown, and
@@ -132,8 +194,21 @@ class BatchQueue:
             ends[message.tp] = max(ends.get(message.tp, -1), message.offset)
         consumer.mark_processed(ends)
 
-    def wrap(self, message: Message) -> EventT:
+    def wrap(self, message: Message, generation: int) -> EventT:
+        message.generation_id = generation
         return faust.Event(self.app, message.key, message.value, message.headers, message)
+
+
+TASK_IDLE_SECONDS = 0.5
+
+
+def _has_unfetched(consumer: Any, tp: TP) -> bool:
+    """Whether the broker has records of `tp` after those fetched (unknown counts as yes)."""
+    highwater = consumer.highwater(tp)
+    if highwater is None:
+        return True
+    read = consumer._read_offset.get(tp)
+    return bool(highwater > (read + 1 if read is not None else 0))
 
 
 def in_time_order(batches: list[list[EventT]]) -> list[EventT]:
@@ -194,10 +269,11 @@ class BatchDeliveryConsumer:
         try:
             while not (consumer_stopped() or fetcher_stopped()):
                 self_.diag.set_flag(CONSUMER_FETCHING)
+                fetched_in = self_.app.consumer_generation_id
                 records, active = await self_._wait_next_records(1.0)
                 await asyncio.sleep(0)
                 if records and not self_.should_stop:
-                    await self._deliver(records, active, queues)
+                    await self._deliver(records, active, queues, fetched_in)
                 self_.diag.unset_flag(CONSUMER_FETCHING)
         except self_.consumer_stopped_errors:
             if self_.transport.app.should_stop:
@@ -216,8 +292,13 @@ class BatchDeliveryConsumer:
             self_.diag.unset_flag(CONSUMER_FETCHING)
 
     async def _deliver(
-        self, records: dict[TP, list[Any]], active: set[TP] | None, queues: dict[str, BatchQueue]
-    ) -> None:
+        self, records: dict[TP, list[Any]], active: set[TP] | None,
+        queues: dict[str, BatchQueue], fetched_in: int,
+    ) -> None:  # fmt: skip
+        """Hand `records` on. A batch agent's records fetched in an older consumer generation
+        than the current one are dropped here, unread (the rebalance seeks their partitions
+        back to the committed offsets); they carry the generation they were fetched in, so
+        that the agent drops them too if a rebalance comes before it takes them."""
         self_: Any = self
         app = self_.app
         if not self_.flow_active:
@@ -240,7 +321,9 @@ class BatchDeliveryConsumer:
             if queue is None:
                 await self._deliver_one_by_one(tp, fresh)
                 continue
-            events = [queue.wrap(self_._to_message(tp, record)) for record in fresh]
+            if fetched_in != generation:
+                continue
+            events = [queue.wrap(self_._to_message(tp, record), fetched_in) for record in fresh]
             await self_.wait_first(queue.put(events), self_.suspend_flow.wait())
             self_._read_offset[tp] = fresh[-1].offset
 

@@ -222,6 +222,7 @@ def register_batch_agent(
         return
     queue = BatchQueue(app, capacity=max(4 * batch_max, 4096))
     batch_queues: dict[str, BatchQueue] = app.batch_queues  # type: ignore[attr-defined]
+    queue.topics.update(topic.topics)
     for topic_name in topic.topics:
         batch_queues[topic_name] = queue
     # Subscribed with the other topics at start-up (Faust subscribes an agent's topic when the
