@@ -7,7 +7,27 @@ from prometheus_client.core import REGISTRY
 
 PREFIX = "lendstream_"
 OUTCOMES = ("applied", "duplicate", "parked", "retried", "dead")
-LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600)
+# 0.1 s steps up to 1 s: enough to tell whether a 500 ms p99 is met (issue 6)
+LATENCY_BUCKETS = (
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.2,
+    0.3,
+    0.4,
+    0.5,
+    0.75,
+    1,
+    2.5,
+    5,
+    10,
+    30,
+    60,
+    300,
+    900,
+    3600,
+)
 
 
 class Metrics:
