@@ -108,7 +108,7 @@ class Settings(BaseSettings):
     batch_max: int = Field(default=2000, ge=1, le=100_000)
     batch_within: Duration = 0.2
     # true: agents take whole fetched batches (lendstream.delivery); false: Faust's stream
-    batched_delivery: bool = False
+    batched_delivery: bool = True
     kafka_session_timeout: Duration = 10.0
     kafka_heartbeat_interval: Duration = 1.0
     pg_pool_max: int = Field(default=4, ge=1, le=100)
