@@ -259,7 +259,7 @@ class BatchDeliveryConsumer:
     def _new_offset(self, tp: TP) -> int | None:
         self_: Any = self
         if tp.topic not in getattr(self_.app, "batch_queues", {}):
-            return super()._new_offset(tp)  # type: ignore[misc,no-any-return]
+            return super()._new_offset(tp)  # type: ignore[misc]
         self_._acked[tp].clear()  # the acks only serve Faust's wait for unacked messages
         self_._acked_index[tp].clear()
         last = (self._processed or {}).get(tp)

@@ -227,7 +227,7 @@ def register_batch_agent(
         batch_queues[topic_name] = queue
     # Subscribed with the other topics at start-up (Faust subscribes an agent's topic when the
     # agent first iterates its stream; this one never does).
-    app.topics.add(topic.clone(is_iterator=True))
+    app.topics.add(topic.clone(is_iterator=True))  # type: ignore[arg-type]
 
     @app.agent(topic, name=name)
     async def batch_agent(stream: StreamT) -> None:
