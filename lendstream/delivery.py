@@ -72,9 +72,6 @@ class BatchQueue:
         self.topics: set[str] = set()  # the topics whose batches come here
         app.flow_control.manage_queue(self)  # type: ignore[arg-type]
 
-    def __len__(self) -> int:
-        return self._size
-
     def clear(self) -> None:
         self._batches.clear()
         self._size = self._held_size = 0
@@ -323,10 +320,10 @@ class BatchDeliveryConsumer:
             if not (active is None or tp in active or tp in self_._buffered_partitions):
                 continue
             app.monitor.track_tp_end_offset(tp, self_.highwater(tp))
-            fresh = await self._fresh(tp, batch)
+            queue = queues.get(tp.topic)
+            fresh = await self._fresh(tp, batch, register_gaps=queue is None)
             if not fresh:
                 continue
-            queue = queues.get(tp.topic)
             if queue is None:
                 await self._deliver_one_by_one(tp, fresh)
                 continue
@@ -336,14 +333,13 @@ class BatchDeliveryConsumer:
             await self_.wait_first(queue.put(events), self_.suspend_flow.wait())
             self_._read_offset[tp] = fresh[-1].offset
 
-    async def _fresh(self, tp: TP, batch: list[Any]) -> list[Any]:
-        """The records not read yet; registers offset gaps (for topics committed from Faust's
-        acks) and commits every `commit_every` acks, as Faust's loop does per record."""
+    async def _fresh(self, tp: TP, batch: list[Any], register_gaps: bool) -> list[Any]:
+        """The records not read yet; registers offset gaps if asked (topics committed from
+        Faust's acks) and commits every `commit_every` acks, as Faust's loop does per record."""
         self_: Any = self
         read_offset = self_._read_offset.get(tp)
         fresh = [r for r in batch if read_offset is None or r.offset >= read_offset]
-        batch_agent_topic = tp.topic in self_.app.batch_queues
-        if fresh and not batch_agent_topic and self_.app.topics.acks_enabled_for(tp.topic):
+        if fresh and register_gaps and self_.app.topics.acks_enabled_for(tp.topic):
             previous = read_offset
             for record in fresh:
                 if previous and record.offset - previous > 1:

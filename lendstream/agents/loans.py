@@ -99,14 +99,13 @@ class LoanProcessor:
         self.gateway = gateway  # None: no saga is started (payout events come from elsewhere)
         self.dead_letters = dead_letters
         self.table_writer = TableWriter(table, outbox.send)
-        self.stale_in_table: set[str] = set()  # keys of the batch whose state came from PostgreSQL
 
     async def process(self, events: list[EventT]) -> None:
         await self.guard.check(events)
         now = datetime.now(UTC)
         messages = [to_message(event, SPECS) for event in events]
         last_event = {m.key: event for m, event in zip(messages, events, strict=True)}
-        loaded = await self.load(last_event)
+        loaded, stale_in_table = await self.load(last_event)
         states = {key: keyed for key, (keyed, _) in loaded.items()}
         sagas = {key: saga for key, (_, saga) in loaded.items()}
         outcomes: list[Outcome[Loan]] = []
@@ -120,7 +119,6 @@ class LoanProcessor:
             outcomes.extend(more)
             commands.extend((message.position.partition, c) for c in saga_commands)
         encoded, changed, saga_rows = {}, [], []
-        stale_in_table = self.stale_in_table
         for key, keyed in states.items():
             old_keyed, old_saga = loaded[key]
             is_changed = keyed != old_keyed or sagas[key] != old_saga
@@ -150,18 +148,18 @@ class LoanProcessor:
 
     async def load(
         self, events_by_key: dict[str, EventT]
-    ) -> dict[str, tuple[Keyed[Loan], PayoutSaga | None]]:
-        """Each key's state and saga: the table's, or PostgreSQL's where that one is newer."""
-        states, self.stale_in_table = await load_states(
+    ) -> tuple[dict[str, tuple[Keyed[Loan], PayoutSaga | None]], set[str]]:
+        """Each key's state and saga: the table's, or PostgreSQL's where that one is newer; and
+        the keys taken from PostgreSQL (their table value is written back even if unchanged)."""
+        states, stale_in_table = await load_states(
             self.table, events_by_key, lambda _key, raw: loans_table.decode_with_saga(raw),
             lambda state: state[0].seq, partial(self.writer.fetch, self.newer_sql), "loan_id",
         )  # fmt: skip
-        if self.stale_in_table:
+        if stale_in_table:
             log.warning(
-                "%d loan states were behind in the table; took PostgreSQL's",
-                len(self.stale_in_table),
+                "%d loan states were behind in the table; took PostgreSQL's", len(stale_in_table)
             )
-        return states
+        return states, stale_in_table
 
     async def publish_dead_letters(self, rows: LoanRows) -> None:
         """Every dead-letter change of the batch, on `dead-letters` (at least once; a consumer
