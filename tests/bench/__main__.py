@@ -20,6 +20,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.scale_workers < 2:
         parser.error(f"--scale-workers must be at least 2, got {args.scale_workers}")
+    if args.scale_chaos and args.scale_workers < 3:
+        parser.error("--scale-chaos needs --scale-workers 3 or more (it kills one, stops another)")
     stamp = time.strftime("%Y%m%d-%H%M%S")
     out = args.out or Path("bench-results") / f"run-{stamp}.json"
     options = Options(
@@ -30,6 +32,7 @@ def main(argv: list[str] | None = None) -> int:
         latency_seconds=args.latency_seconds,
         stages=args.stages,
         scale_workers=args.scale_workers,
+        scale_chaos=args.scale_chaos,
         profile=out.with_name(f"{out.stem}-profile") if args.profile else None,
     )
     with embedded_stack() as (broker, pg):
@@ -58,6 +61,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, help="JSON results (default bench-results/run-TIME.json)")
     p.add_argument("--profile", action="store_true", help="py-spy the worker during (b)")
     p.add_argument("--scale-workers", type=int, default=2, help="workers of (g), at least 2")
+    p.add_argument(
+        "--scale-chaos",
+        action="store_true",
+        help="(g) through issue 8's failures: SIGKILL one worker at 15%%, SIGTERM another at "
+        "30%%, restart both at 45%% (as tests/chaos/test_scale_out.py)",
+    )
     p.add_argument(
         "--stages", default="abcdefgh", help="run only these, e.g. abc ((c), (d) need (b))"
     )

@@ -11,7 +11,7 @@ worker processes), all in one run over one backlog:
     and data dir) — what a projection rebuild would cost; there is no rebuild command yet;
 (f) peak RSS of the workers (`VmHWM`);
 (g) scale-out: `scale_workers` workers (2 unless asked) sharing the partitions, catch-up
-    compared with one;
+    compared with one; with `scale_chaos`, through issue 8's failures (`KillPattern`);
 (h) the Faust floor: a worker whose `take_events` agent does nothing (`floor.py`).
 """
 
@@ -75,6 +75,7 @@ class Options:
     stage_timeout: float = 3_600.0
     stages: str = "abcdefgh"  # which of the stages to run ((c), (d) need (b))
     scale_workers: int = 2  # workers of (g)
+    scale_chaos: bool = False  # (g) through issue 8's SIGKILL and SIGTERM (`KillPattern`)
     profile: Path | None = None  # py-spy the catch-up worker, writing here (text summary)
 
 
@@ -95,6 +96,47 @@ class CatchUp:
     #: and PostgreSQL when their pids are known. Less sensitive to a shared machine's load than
     #: the rates.
     cpu_us_per_event: dict[str, float] = field(default_factory=dict)
+    #: what `KillPattern` did, in order: "<share processed> <seconds since start> <action>"
+    disruptions: list[str] = field(default_factory=list)
+
+
+@dataclass
+class KillPattern:
+    """The failures of issue 8's scale test (`tests/chaos/test_scale_out.py`), applied to a
+    benchmark run so that its wall time can be compared with one worker's: once `kill_at` of
+    the events are stored, SIGKILL the second worker; at `stop_at`, SIGTERM the third (it must
+    exit by itself, 0); at `restart_at`, start both again on their own data dirs."""
+
+    names: list[str]
+    kill_at: float = 0.15
+    stop_at: float = 0.30
+    restart_at: float = 0.45
+    done: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if len(self.names) < 3:
+            raise ValueError(f"the kill pattern needs 3 workers or more, got {len(self.names)}")
+
+    async def step(self, pipe: Pipeline, share: float, elapsed: float) -> None:
+        """Apply whatever is due at `share` (each action once, in order)."""
+        workers = {w.name: w for w in pipe.workers}
+        victim, stopped = self.names[1], self.names[2]
+        if share >= self.kill_at and not self.done:
+            workers[victim].kill()
+            self._did(share, elapsed, f"SIGKILL {victim}")
+        elif share >= self.stop_at and len(self.done) == 1:
+            worker = workers[stopped]
+            await asyncio.to_thread(worker.stop)
+            if worker.proc.returncode != 0:
+                raise RuntimeError(f"{stopped} did not stop cleanly:\n{worker.log_tail()}")
+            self._did(share, elapsed, f"SIGTERM {stopped}")
+        elif share >= self.restart_at and len(self.done) == 2:
+            for name in (victim, stopped):
+                pipe.start_worker(name, web_port=free_port())
+            self._did(share, elapsed, f"restart {victim} {stopped}")
+
+    def _did(self, share: float, elapsed: float, action: str) -> None:
+        self.done.append(f"{share:.2f} {elapsed:.1f}s {action}")
 
 
 @dataclass
@@ -185,9 +227,16 @@ class Bench:
             self.say(f"    {results.reprocess.rate:,.0f} events/s")
         if "g" in stages:
             names = [f"s{n}" for n in range(1, o.scale_workers + 1)]
-            self.say(f"(g) scale-out: {len(names)} workers")
-            results.scale_out, _ = await self.catch_up(self.fresh_pipeline("scale"), names)
+            chaos = KillPattern(names) if o.scale_chaos else None
+            self.say(
+                f"(g) scale-out: {len(names)} workers" + (", SIGKILL/SIGTERM" if chaos else "")
+            )
+            results.scale_out, _ = await self.catch_up(
+                self.fresh_pipeline("scale"), names, chaos=chaos
+            )
             self.say(f"    {results.scale_out.rate:,.0f} events/s")
+            for line in results.scale_out.disruptions:
+                self.say(f"    {line}")
         if "h" in stages:
             self.say("(h) Faust floor: a take_events agent that does nothing")
             results.floor = await self.floor("floor")
@@ -245,9 +294,16 @@ class Bench:
         return fresh
 
     async def catch_up(
-        self, pipe: Pipeline, names: list[str], keep_running: bool = False, profile: bool = False
+        self,
+        pipe: Pipeline,
+        names: list[str],
+        keep_running: bool = False,
+        profile: bool = False,
+        chaos: KillPattern | None = None,
     ) -> tuple[CatchUp, WorkerProcess | None]:
-        """Start `names` as workers and wait until the positions reach `pipe.ends`."""
+        """Start `names` as workers and wait until the positions reach `pipe.ends`, applying
+        `chaos` on the way. Worker CPU counts every worker process, also those killed or
+        restarted (each sampled at every poll)."""
         total = sum(end + 1 for end in pipe.ends.values())
         started = time.monotonic()
         workers = [pipe.start_worker(name, web_port=free_port()) for name in names]
@@ -255,24 +311,29 @@ class Bench:
         first_at, first_done = 0.0, 0
         startup_rss: list[float] = []
         cpu_at_start: dict[str, float] = {}
+        worker_cpu: dict[int, float] = {}  # pid -> CPU seconds when last seen alive
         async with _positions_reader(pipe) as read_positions:
             while True:
                 done = _processed(await read_positions(), pipe.ends)
                 now = time.monotonic()
+                _sample_cpu(pipe.workers, worker_cpu)
                 if not first_at and done > 0:
                     first_at, first_done = now, done
                     startup_rss = [rss_mb(w.pid) for w in workers]
-                    cpu_at_start = self._cpu_seconds(workers)
+                    cpu_at_start = self._cpu_seconds(worker_cpu)
                     if profile and self.options.profile is not None:
                         profiler = Profiler.start(workers[0].pid, self.options.profile)
                 if done >= total:
                     break
                 if now - started > self.options.stage_timeout:
                     raise TimeoutError(f"catch-up not done after {self.options.stage_timeout}s")
+                if chaos is not None:
+                    await chaos.step(pipe, done / total, now - started)
                 pipe.supervise()
                 await asyncio.sleep(POLL_SECONDS)
         finished = time.monotonic()
-        cpu_used = _minus(self._cpu_seconds(workers), cpu_at_start)
+        _sample_cpu(pipe.workers, worker_cpu)
+        cpu_used = _minus(self._cpu_seconds(worker_cpu), cpu_at_start)
         if profiler is not None:
             self.profile_summary = profiler.stop()
         live = [w for w in pipe.workers if w.alive()]
@@ -287,15 +348,17 @@ class Bench:
             startup_rss_mb=startup_rss,
             cpu_us_per_event={k: v * 1e6 / max(total - first_done, 1) for k, v in cpu_used.items()},
             fail_stops=pipe.fail_stops,
+            disruptions=list(chaos.done) if chaos else [],
         )
         if keep_running and len(live) == 1:
             return result, live[0]
         pipe.stop_all()
         return result, None
 
-    def _cpu_seconds(self, workers: list[WorkerProcess]) -> dict[str, float]:
-        """CPU seconds used so far by the workers (together) and the known services."""
-        used = {"workers": sum(cpu_seconds(w.pid) for w in workers)}
+    def _cpu_seconds(self, worker_cpu: dict[int, float]) -> dict[str, float]:
+        """CPU seconds used so far by the workers (together, as last sampled) and the known
+        services."""
+        used = {"workers": sum(worker_cpu.values())}
         for name, pid in self.service_pids.items():
             used[name] = cpu_seconds(pid, with_children=True)
         return used
@@ -449,6 +512,13 @@ def cpu_seconds(pid: int, with_children: bool = False) -> float:
         return total
     except psutil.Error:
         return 0.0
+
+
+def _sample_cpu(workers: list[WorkerProcess], seen: dict[int, float]) -> None:
+    """Record the CPU seconds of each live worker by pid (a killed one keeps its last sample)."""
+    for worker in workers:
+        if worker.alive():
+            seen[worker.pid] = max(seen.get(worker.pid, 0.0), cpu_seconds(worker.pid))
 
 
 def _minus(after: dict[str, float], before: dict[str, float]) -> dict[str, float]:

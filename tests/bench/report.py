@@ -83,9 +83,10 @@ def rows(results: Results) -> list[Row]:
         ]
     if (s := results.scale_out) and (one := results.catch_up):
         n = s.workers
+        through = ", SIGKILL + SIGTERM + restarts" if s.disruptions else ""
         ratio, whole = s.rate / one.rate, s.rate_with_startup / one.rate_with_startup
         out += [
-            rate(f"(g) scale-out: {n} workers, after start-up", s.rate),
+            rate(f"(g) scale-out: {n} workers{through}, after start-up", s.rate),
             Row(f"    {n} workers / 1 worker", ratio, "x", None, "> 1", ratio > 1),
             rate(
                 f"    with start-up ({s.events:,} events in {s.total_seconds:.0f}s)",
