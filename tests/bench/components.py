@@ -1,8 +1,15 @@
 """CPU cost per event of the pure parts of the loan processor's batch, in-process: no broker,
-no Faust. It replays what `agents/loans.py` does to a batch, phase by phase, on simulated
-traffic, so the profile's percentages can be read as microseconds.
+no Faust. It replays what `LoanProcessor.process` (`agents/loans.py`) does to a batch, phase by
+phase, on simulated traffic, so the profile's percentages can be read as microseconds.
 
-With `--postgres` it then writes the batches' outcomes to a fresh schema of an embedded
+The phases call the worker's own code: `to_message` (decode + validate), `LoanProcessor.load`
+(table values decoded, here from a dict standing in for the RocksDB table, PostgreSQL having no
+newer state), `handle_message` (fold), `loans_table.encode` with `next_due`, `StateRow` and
+`saga_row` (table values encoded), and `rows_for` (projection rows). The processor is built as
+`app.create_app` builds it for the benchmark (settings defaults, `payout_saga` off: the
+simulated traffic carries its payout events).
+
+With `--postgres` it then writes the batches' `BatchRows` to a fresh schema of an embedded
 PostgreSQL with the loan projection's own `apply`, one transaction per batch, timing each
 statement (as the client sees it) and the server's CPU; and, for comparison, the `event_log`
 rows of the same batches once more through COPY into a temporary table.
@@ -19,24 +26,29 @@ import itertools
 import re
 import tempfile
 import time
-from collections.abc import Iterator
-from dataclasses import replace
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import asyncpg
 import orjson
 
-from lendstream.domain.loans import evolve
-from lendstream.domain.sequencing import Message, Position, receive
+from lendstream.agents.batch import to_message
+from lendstream.agents.loans import SPECS, LoanProcessor
+from lendstream.agents.payouts import Outbox
+from lendstream.app import saga_policy
+from lendstream.domain.loans import Loan, evolve
+from lendstream.domain.sequencing import Outcome, Policy
 from lendstream.embedded import start_postgres
 from lendstream.pg import drop_schema
-from lendstream.projections.loans import StateSnapshot, make_apply, rows_for
+from lendstream.projections.loans import BatchRows, StateRow, make_apply, rows_for, saga_row
 from lendstream.projections.migrate import migrate
+from lendstream.sagas.loans import handle_message, next_due
+from lendstream.settings import Settings
 from lendstream.simulation import Simulation
 from lendstream.tables import loans as loans_table
-from lendstream.topics import BY_NAME
 from tests.bench.measure import cpu_seconds
 
 Raw = tuple[str, bytes, bytes]
@@ -62,51 +74,146 @@ class Clock:
         self.spent[name] = self.spent.get(name, 0.0) + time.perf_counter() - started
 
 
-Payload = list[Any]  # what the agent hands the writer for one batch: outcomes, StateSnapshot
+#: The phases of `process`, in order (the orjson line is part of the decode line).
+PHASES = (
+    "orjson.loads only (part of decode)",
+    "decode + validate (codec, pydantic)",
+    "table values decoded (per key)",
+    "fold (handle_message: sequencing + evolve)",
+    "table values encoded (per changed key)",
+    "projection rows (rows_for)",
+)
 
 
-def run(raw: list[Raw], batch: int) -> tuple[dict[str, float], list[Payload]]:
+@dataclass
+class Record:
+    """The parts of a Kafka record that `to_message` reads."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes
+    value: bytes
+    timestamp: float
+    headers: Any = None
+
+
+class Event:
+    """The parts of a Faust event the processor reads (weak-referenceable, as `as_current`
+    needs)."""
+
+    def __init__(self, message: Record) -> None:
+        self.message = message
+
+
+class Table:
+    """The `loans` table as `load_states` reads it (no partitions: one process, one dict)."""
+
+    def __init__(self) -> None:
+        self.data: dict[bytes, bytes] = {}
+
+    def get(self, key: bytes) -> bytes | None:
+        return self.data.get(key)
+
+
+class NoNewerStates:
+    """The writer as `LoanProcessor.load` queries it: PostgreSQL has no newer state."""
+
+    async def fetch(self, sql: str, keys: list[str], seqs: list[int]) -> list[Any]:
+        return []
+
+
+async def _no_send(*args: Any) -> Any:  # pragma: no cover - nothing is sent here
+    raise AssertionError("the components benchmark sends nothing")
+
+
+def processor(table: Table) -> LoanProcessor:
+    """A `LoanProcessor` as `app.create_app` builds it for the benchmark (settings defaults,
+    `payout_saga` off), on `table`, with nothing behind its I/O."""
+    settings = Settings(payout_saga=False, _env_file=None)  # type: ignore[call-arg]
+    policy = Policy(backoff=settings.retry_backoff, park_deadline=settings.park_deadline)
+    return LoanProcessor(
+        cast(Any, table), cast(Any, NoNewerStates()), cast(Any, None), cast(Any, None),
+        "components", evolve, policy, Outbox(_no_send), saga_policy(settings, policy),
+    )  # fmt: skip
+
+
+def records(raw: list[Raw]) -> list[Event]:
+    """`raw` as consumed records of partition 0 of each topic (offsets from 0)."""
+    offsets: dict[str, int] = {}
+    events = []
+    now = time.time()
+    for topic, key, value in raw:
+        offsets[topic] = offset = offsets.get(topic, -1) + 1
+        events.append(Event(Record(topic, 0, offset, key, value, now)))
+    return events
+
+
+def run(raw: list[Raw], batch: int) -> tuple[dict[str, float], list[BatchRows]]:
     """Seconds per phase for all of `raw`, in batches as the agent forms them, and what each
     batch would write."""
     clock = Clock()
-    table: dict[str, bytes] = {}
-    offsets: dict[str, int] = {}
-    payloads = [
-        process(raw[start : start + batch], table, offsets, clock)
-        for start in range(0, len(raw), batch)
-    ]
+    table = Table()
+    loans = processor(table)
+    events = records(raw)
+
+    async def batches() -> list[BatchRows]:
+        return [
+            await process(loans, table, events[start : start + batch], clock)
+            for start in range(0, len(events), batch)
+        ]
+
+    payloads = asyncio.run(batches())
     return clock.spent, payloads
 
 
-def process(
-    chunk: list[Raw], table: dict[str, bytes], offsets: dict[str, int], clock: Clock
-) -> Payload:
-    """One batch, as `LoanProcessor.process` does it, minus Faust and PostgreSQL."""
+async def process(
+    loans: LoanProcessor, table: Table, events: list[Event], clock: Clock
+) -> BatchRows:
+    """One batch, as `LoanProcessor.process` does it, minus Kafka, Faust and PostgreSQL."""
     now = datetime.now(UTC)
-    with clock.phase("orjson.loads only (part of decode)"):
-        for _, _, value in chunk:
-            orjson.loads(value)
-    with clock.phase("decode + validate (codec, pydantic)"):
-        messages = [_message(topic, key, value, offsets) for topic, key, value in chunk]
-    with clock.phase("table values decoded (per key)"):
-        keys = dict.fromkeys(m.key for m in messages)
-        loaded = {key: loans_table.decode(table.get(key)) for key in keys}
-    states = dict(loaded)
-    outcomes: list[Any] = []
-    with clock.phase("fold (sequencing.receive + evolve)"):
-        for m in messages:
-            states[m.key], out = receive(states[m.key], m, evolve, now)
-            outcomes.extend(out)
-    snapshot = []
-    with clock.phase("table values encoded (per changed key)"):
+    with clock.phase(PHASES[0]):
+        for event in events:
+            orjson.loads(event.message.value)
+    with clock.phase(PHASES[1]):
+        messages = [to_message(cast(Any, event), SPECS) for event in events]
+    last_event = {m.key: event for m, event in zip(messages, events, strict=True)}
+    with clock.phase(PHASES[2]):
+        loaded, stale_in_table = await loans.load(cast(Any, last_event))
+    states = {key: keyed for key, (keyed, _) in loaded.items()}
+    sagas = {key: saga for key, (_, saga) in loaded.items()}
+    outcomes: list[Outcome[Loan]] = []
+    with clock.phase(PHASES[3]):
+        for message in messages:
+            key = message.key
+            states[key], sagas[key], more, _commands = handle_message(
+                states[key], sagas[key], message, loans.evolve, now, loans.policy,
+                loans.saga_policy, saga_enabled=loans.gateway is not None,
+            )  # fmt: skip
+            outcomes.extend(more)
+    encoded: dict[str, bytes] = {}
+    changed: list[StateRow] = []
+    saga_rows: list[tuple[Any, ...]] = []
+    with clock.phase(PHASES[4]):
         for key, keyed in states.items():
-            if keyed != loaded[key]:
-                seq = loaded[key].seq + 1
-                table[key] = loans_table.encode(replace(keyed, seq=seq))
-                snapshot.append((key, seq, table[key]))
-    with clock.phase("projection rows (rows_for)"):
-        rows_for(outcomes, now)
-    return [outcomes, StateSnapshot(snapshot)]
+            old_keyed, old_saga = loaded[key]
+            is_changed = keyed != old_keyed or sagas[key] != old_saga
+            if is_changed:
+                keyed = replace(keyed, seq=old_keyed.seq + 1)
+            if is_changed or key in stale_in_table:
+                encoded[key] = loans_table.encode(keyed, sagas[key])
+            if is_changed:
+                partition = last_event[key].message.partition
+                due = next_due(keyed, sagas[key], loans.policy)
+                changed.append(StateRow(key, keyed.seq, encoded[key], partition, due))
+                saga = sagas[key]
+                if saga is not None and saga != old_saga:
+                    saga_rows.append(saga_row(saga, keyed.seq))
+    with clock.phase(PHASES[5]):
+        rows = rows_for(outcomes, now)
+    for key, value in encoded.items():  # the table write (`TableWriter`), not timed here
+        table.data[key.encode()] = value
+    return BatchRows(rows, changed, saga_rows)
 
 
 _VERB = re.compile(r"^\s*(\w+)")
@@ -137,10 +244,12 @@ class TimedConnection:
             return await self.conn.fetch(sql, *args)
 
 
-async def write_to_postgres(dsn: str, payloads: list[Payload], server_pid: int) -> dict[str, float]:
+async def write_to_postgres(
+    dsn: str, payloads: Sequence[BatchRows], server_pid: int, schema: str = "components"
+) -> dict[str, float]:
     """Seconds per statement kind for writing every batch with the projection's `apply`, the
-    server's CPU seconds, and the `event_log` rows once more by COPY (for comparison)."""
-    schema = "components"
+    server's CPU seconds, and the `event_log` rows once more by COPY (for comparison). `schema`
+    is created, and dropped at the end."""
     clock = Clock()
     conn = await asyncpg.connect(dsn)
     try:
@@ -151,26 +260,15 @@ async def write_to_postgres(dsn: str, payloads: list[Payload], server_pid: int) 
         with clock.phase("all statements, one transaction per batch"):
             for payload in payloads:
                 async with conn.transaction():
-                    await apply(timed, payload)
+                    await apply(timed, [payload])
         clock.spent["server CPU (PostgreSQL processes)"] = (
             cpu_seconds(server_pid, with_children=True) - cpu_before
         )
         await copy_event_log(conn, schema, payloads, clock)
     finally:
-        await drop_schema(dsn, schema)
         await conn.close()
+        await drop_schema(dsn, schema)
     return clock.spent
-
-
-def _message(topic: str, key: bytes, value: bytes, offsets: dict[str, int]) -> Message:
-    offsets[topic] = offsets.get(topic, -1) + 1
-    return Message(
-        position=Position(topic, 0, offsets[topic]),
-        key=key.decode(),
-        timestamp=time.time(),
-        decoded=BY_NAME[topic].decode(key, value),
-        raw=value,
-    )
 
 
 EVENT_LOG_COLUMNS = ("event_id", "topic", "partition", "offset", "key", "type", "schema_version",
@@ -181,7 +279,7 @@ EVENT_LOG_TYPES = ("text", "text", "int", "bigint", "text", "text", "int", "time
 
 
 async def copy_event_log(
-    conn: asyncpg.Connection, schema: str, payloads: list[Payload], clock: Clock
+    conn: asyncpg.Connection, schema: str, payloads: Sequence[BatchRows], clock: Clock
 ) -> None:
     """The same `event_log` rows (new ids) written two other ways, one statement per batch:
     COPY into a temporary table then INSERT ... SELECT, and INSERT ... SELECT FROM unnest."""
@@ -191,9 +289,10 @@ async def copy_event_log(
         f'INSERT INTO "{schema}".event_log ({quoted}) SELECT * FROM unnest({arrays}) '
         "ON CONFLICT DO NOTHING"
     )
-    now = datetime.now(UTC)
     for payload in payloads:
-        rows = rows_for(payload[0], now).event_log
+        rows = payload.rows.event_log
+        if not rows:
+            continue
         copied = [(f"copy-{r[0]}", *r[1:]) for r in rows]
         with clock.phase("event_log by COPY + INSERT SELECT (alternative)"):
             async with conn.transaction():
