@@ -33,7 +33,7 @@ from lendstream.projections import loans as loan_projection
 from lendstream.projections import treasury as treasury_projection
 from lendstream.projections.migrate import migrate
 from lendstream.projections.writer import CheckpointedWriter
-from lendstream.recovery import FixedRecovery
+from lendstream.recovery import BatchedRecovery, FixedRecovery
 from lendstream.sagas.payout import SagaPolicy
 from lendstream.security import faust_broker_credentials, kafka_client_options, postgres_dsn
 from lendstream.settings import Settings
@@ -169,7 +169,8 @@ def create_app(
     control = app.topic(LOAN_CONTROL.name, key_serializer="raw", value_serializer="raw")
     dead_letters = app.topic(DEAD_LETTERS_TOPIC, key_serializer="raw", value_serializer="raw")
     table = loans_table.declare(app, settings.partitions)
-    app.tables._recovery = FixedRecovery(app, app.tables, beacon=app.tables.beacon)  # type: ignore[attr-defined]
+    recovery = BatchedRecovery if settings.batched_delivery else FixedRecovery
+    app.tables._recovery = recovery(app, app.tables, beacon=app.tables.beacon)  # type: ignore[attr-defined]
     writer: CheckpointedWriter[loan_projection.BatchRows] = CheckpointedWriter(
         pool=None,  # type: ignore[arg-type]  # set once the pool exists (on_start below)
         schema=settings.pg_schema,

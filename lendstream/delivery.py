@@ -6,7 +6,9 @@ stream hands it on — ~110 to 150 µs of CPU per record here, which capped one 
 records/s whatever the agent did (docs/performance.md). `BatchDeliveryConsumer` keeps Faust's
 consumer (group membership, assignment, fetcher, table recovery, offset commits) and replaces
 only that loop: the records of a partition that a `BatchQueue` claims are put on it as one list
-of Faust events; all other records (changelogs, other agents' topics) take Faust's own path.
+of Faust events. A table's changelog records go, whole batches again, to the table recovery
+(`ChangelogBatches`, `recovery.BatchedRecovery`); all other records (other agents' topics) take
+Faust's own path.
 
 Offsets are committed from what the agent has processed, not from Faust's acks: for a batch
 agent's partition the committable offset is one past the last offset of the last batch it
@@ -47,7 +49,7 @@ from typing import Any
 
 import faust
 from faust.transport.consumer import CONSUMER_FETCHING
-from faust.types import TP, EventT, Message
+from faust.types import TP, AppT, EventT, Message
 
 
 class BatchQueue:
@@ -208,6 +210,49 @@ class BatchQueue:
 TASK_IDLE_SECONDS = 0.5
 
 
+class ChangelogBatches:
+    """Whole fetched batches of changelog records (one list of messages per partition and
+    fetch), for `recovery.BatchedRecovery`. Bounded by `capacity` records; emptied by the flow
+    control (on a rebalance and when the flow resumes), as Faust's changelog queue is."""
+
+    def __init__(self, app: AppT, capacity: int) -> None:
+        self.capacity = capacity
+        self._batches: deque[list[Message]] = deque()
+        self._size = 0
+        self._filled = asyncio.Event()
+        self._space = asyncio.Event()
+        self._space.set()
+        app.flow_control.manage_queue(self)  # type: ignore[arg-type]
+
+    def clear(self) -> None:
+        self._batches.clear()
+        self._size = 0
+        self._filled.clear()
+        self._space.set()
+
+    async def put(self, messages: list[Message]) -> None:
+        while self._size >= self.capacity:
+            self._space.clear()
+            await self._space.wait()
+        self._batches.append(messages)
+        self._size += len(messages)
+        self._filled.set()
+
+    async def get(self, timeout: float) -> list[Message] | None:
+        """The oldest batch, or None when none came within `timeout` seconds."""
+        if not self._batches:
+            self._filled.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._filled.wait(), timeout)
+            if not self._batches:
+                return None
+        batch = self._batches.popleft()
+        self._size -= len(batch)
+        if self._size < self.capacity:
+            self._space.set()
+        return batch
+
+
 def _has_unfetched(consumer: Any, tp: TP) -> bool:
     """Whether the broker has records of `tp` after those fetched (unknown counts as yes)."""
     highwater = consumer.highwater(tp)
@@ -324,6 +369,12 @@ class BatchDeliveryConsumer:
             fresh = await self._fresh(tp, batch, register_gaps=queue is None)
             if not fresh:
                 continue
+            changelogs = self._changelog_batches(tp)
+            if changelogs is not None:
+                messages = [self_._to_message(tp, record) for record in fresh]
+                await self_.wait_first(changelogs.put(messages), self_.suspend_flow.wait())
+                self_._read_offset[tp] = fresh[-1].offset
+                continue
             if queue is None:
                 await self._deliver_one_by_one(tp, fresh)
                 continue
@@ -332,6 +383,16 @@ class BatchDeliveryConsumer:
             events = [queue.wrap(self_._to_message(tp, record), fetched_in) for record in fresh]
             await self_.wait_first(queue.put(events), self_.suspend_flow.wait())
             self_._read_offset[tp] = fresh[-1].offset
+
+    def _changelog_batches(self, tp: TP) -> ChangelogBatches | None:
+        """Where a table's changelog records go whole: the recovery's batches, when the app's
+        recovery takes them (`recovery.BatchedRecovery`); otherwise (None) Faust's path."""
+        self_: Any = self
+        tables = self_.app.tables
+        batches: ChangelogBatches | None = getattr(tables.recovery, "changelog_batches", None)
+        if batches is None or tp.topic not in tables.changelog_topics:
+            return None
+        return batches
 
     async def _fresh(self, tp: TP, batch: list[Any], register_gaps: bool) -> list[Any]:
         """The records not read yet; registers offset gaps if asked (topics committed from

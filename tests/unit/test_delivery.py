@@ -15,7 +15,7 @@ from faust.types import TP
 from mode.utils.queues import FlowControlEvent
 
 from lendstream import delivery
-from lendstream.delivery import BatchQueue, in_time_order
+from lendstream.delivery import BatchQueue, ChangelogBatches, in_time_order
 
 
 @dataclass
@@ -127,3 +127,29 @@ async def test_a_task_waits_for_its_partition_with_unfetched_records_then_goes_a
     taken = await asyncio.wait_for(queue.take(100, within=0), 2)
     assert offsets(taken) == [("loan-events", 2)]
     assert asyncio.get_running_loop().time() - started >= 0.25
+
+
+async def test_changelog_batches_come_out_whole_in_order_and_bounded() -> None:
+    app = FakeApp(FakeConsumer())
+    batches = ChangelogBatches(app, capacity=3)  # type: ignore[arg-type]
+    first = [FakeMessage("c", 0, n, 0.0) for n in range(2)]
+    second = [FakeMessage("c", 1, n, 0.0) for n in range(2)]
+    await batches.put(first)  # type: ignore[arg-type]
+    await batches.put(second)  # type: ignore[arg-type]  # 4 >= capacity: the next put waits
+    third = asyncio.ensure_future(batches.put([FakeMessage("c", 0, 2, 0.0)]))  # type: ignore[list-item]
+    await asyncio.sleep(0.01)
+    assert not third.done()
+    assert await batches.get(timeout=1) == first
+    await asyncio.wait_for(third, 1)
+    assert await batches.get(timeout=1) == second
+    assert [m.offset for m in await batches.get(timeout=1) or []] == [2]
+    assert await batches.get(timeout=0.01) is None
+
+
+async def test_changelog_batches_are_emptied_when_the_flow_resumes() -> None:
+    app = FakeApp(FakeConsumer())
+    batches = ChangelogBatches(app, capacity=10)  # type: ignore[arg-type]
+    await batches.put([FakeMessage("c", 0, 0, 0.0)])  # type: ignore[list-item]
+    app.flow_control.suspend()
+    app.flow_control.resume()  # a rebalance: what was fetched before is fetched again
+    assert await batches.get(timeout=0.01) is None
