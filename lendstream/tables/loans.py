@@ -16,6 +16,7 @@ import orjson
 from lendstream.domain.loans import Loan, LoanStatus
 from lendstream.domain.sequencing import Keyed, Pending, Position
 from lendstream.sagas.payout import PayoutSaga
+from lendstream.tables import ROCKSDB_OPTIONS
 from lendstream.topics import BY_NAME, Invalid
 
 NAME = "loans"
@@ -29,6 +30,7 @@ def declare(app: faust.App, partitions: int) -> faust.Table:
         partitions=partitions,
         key_type=bytes,  # bytes types make Faust use the raw serializer
         value_type=bytes,
+        options=dict(ROCKSDB_OPTIONS),  # Faust's store pops keys from it
         recovery_buffer_size=10_000,
         help="loan_id -> loan state, applied event ids and parked queue",
     )

@@ -15,6 +15,7 @@ import faust
 import orjson
 
 from lendstream.sagas.treasury import CreditLine, Hold
+from lendstream.tables import ROCKSDB_OPTIONS
 
 NAME = "credit_lines"
 
@@ -25,6 +26,7 @@ def declare(app: faust.App, partitions: int) -> faust.Table:
         partitions=partitions,
         key_type=bytes,
         value_type=bytes,
+        options=dict(ROCKSDB_OPTIONS),  # Faust's store pops keys from it
         help="partner_id -> credit line, holds per payout, seq",
     )
 
