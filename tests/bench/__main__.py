@@ -47,6 +47,8 @@ def main(argv: list[str] | None = None) -> int:
     _write(out, results)
     print(format_table(results))
     print(f"\nresults: {out}" + (f"\nprofile: {options.profile}.txt" if args.profile else ""))
+    if results.rebuild and results.rebuild.profile:
+        print(f"rebuild profile: {options.profile}-rebuild.txt")
     return 0
 
 
@@ -59,7 +61,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--latency-rate", type=float, default=2_000.0, help="events/s for (c)")
     p.add_argument("--latency-seconds", type=float, default=30.0)
     p.add_argument("--out", type=Path, help="JSON results (default bench-results/run-TIME.json)")
-    p.add_argument("--profile", action="store_true", help="py-spy the worker during (b)")
+    p.add_argument(
+        "--profile", action="store_true", help="py-spy the worker during (b), the rebuild in (e)"
+    )
     p.add_argument("--scale-workers", type=int, default=2, help="workers of (g), at least 2")
     p.add_argument(
         "--scale-chaos",
@@ -68,7 +72,9 @@ def _parser() -> argparse.ArgumentParser:
         "30%%, restart both at 45%% (as tests/chaos/test_scale_out.py)",
     )
     p.add_argument(
-        "--stages", default="abcdefgh", help="run only these, e.g. abc ((c), (d) need (b))"
+        "--stages",
+        default="abcdefgh",
+        help="run only these, e.g. abc ((c), (d) and (e) need (b): (e) rebuilds its schema)",
     )
     return p
 

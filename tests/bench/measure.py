@@ -7,8 +7,10 @@ worker processes), all in one run over one backlog:
 (c) end-to-end latency at a fixed rate (the worker's `lendstream_end_to_end_seconds` histogram,
     and exactly from `event_log.recorded_at` minus the Kafka record timestamp);
 (d) changelog restore after the worker's local state is wiped (from Faust's recovery log);
-(e) re-processing of the retained topics from offset 0 into a fresh schema (a new consumer group
-    and data dir) — what a projection rebuild would cost; there is no rebuild command yet;
+(e) projection rebuild: `lendstream projections rebuild` (a child process with the workers'
+    `LENDSTREAM_*` settings) on the schema that (b) and (c) filled, the worker stopped; events
+    folded per second (the fold alone, with the swap, with the process start-up), and CPU per
+    event of the rebuild, the broker and PostgreSQL. Needs (b), as (c) and (d) do;
 (f) peak RSS of the workers (`VmHWM`);
 (g) scale-out: `scale_workers` workers (2 unless asked) sharing the partitions, catch-up
     compared with one; with `scale_chaos`, through issue 8's failures (`KillPattern`);
@@ -31,11 +33,13 @@ import shutil
 import subprocess
 import sys
 import time
+from collections import Counter
 from collections.abc import AsyncIterator, Callable
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import aiohttp
 import asyncpg
@@ -51,7 +55,7 @@ from lendstream.settings import Settings
 from lendstream.simulate import produce_backlog, produce_paced
 from lendstream.simulation import Simulation
 from lendstream.tables.loans import NAME as LOANS_TABLE
-from tests.bench.profile import Profiler
+from tests.bench.profile import Profiler, format_summary
 from tests.harness import Pipeline, WorkerProcess
 
 log = logging.getLogger(__name__)
@@ -63,6 +67,24 @@ RESTORE_DONE = "Done reading from changelog topics"
 REPO = Path(__file__).resolve().parents[2]
 _LOG_TIME = re.compile(r"^\[(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3})\]")
 Ends = dict[tuple[str, int], int]
+REBUILD = ("-m", "lendstream", "projections", "rebuild")
+#: The rebuild's PostgreSQL `application_name`, by which (e) finds its connection.
+REBUILD_APP = "bench-rebuild"
+#: Statements that only the rebuild's swap transaction runs (see `projections/rebuild.py`).
+SWAP_MARKERS = ("LOCK TABLE", "view_table_usage", "aclexplode", "pg_indexes", " RENAME TO ",
+                "SET SCHEMA", "__replaced", "search_path", "quote_ident")  # fmt: skip
+_REBUILT = re.compile(r"^rebuilt .*: ([\d,]+) events in ([\d.]+) s \(([\d,]+) events/s\)$", re.M)
+#: What a rebuild sample was doing, by the first rule whose any substring is in its stack.
+REBUILD_ACTIVITIES: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("decode: Kafka record -> Message (codec, validation)", ("to_message (",)),
+    ("merge by timestamp (replay.Merge)", ("Merge.",)),
+    ("fold: rows_for (builds every row kind; only versions kept)", ("rows_for (",)),
+    ("fold: sequencing.handle + evolve", ("Fold.apply (",)),
+    ("PostgreSQL writes, client side (apply, asyncpg)", ("apply_rows (", ";apply (")),
+    ("aiokafka: fetch and record parsing", ("getmany", "Fetcher", "AIOKafkaConnection")),
+    ("asyncpg: other (connection, protocol)", ("asyncpg",)),
+    ("event loop scheduling (select, run_once)", ("EpollSelector.select", "_run_once")),
+)  # fmt: skip
 
 
 @dataclass
@@ -73,7 +95,7 @@ class Options:
     latency_rate: float = 2_000.0
     latency_seconds: float = 30.0
     stage_timeout: float = 3_600.0
-    stages: str = "abcdefgh"  # which of the stages to run ((c), (d) need (b))
+    stages: str = "abcdefgh"  # which of the stages to run ((c), (d), (e) need (b))
     scale_workers: int = 2  # workers of (g)
     scale_chaos: bool = False  # (g) through issue 8's SIGKILL and SIGTERM (`KillPattern`)
     profile: Path | None = None  # py-spy the catch-up worker, writing here (text summary)
@@ -161,6 +183,30 @@ class Restore:
 
 
 @dataclass
+class RebuildRun:
+    """One `lendstream projections rebuild` run. The fold runs from the rebuild's PostgreSQL
+    connection (its shadow tables created) to the start of its swap transaction, both from
+    `pg_stat_activity`; `seconds` is the command's own figure (fold + swap + dropping the
+    shadow schema)."""
+
+    events: int  # folded, as the command reports them
+    fold_seconds: float
+    seconds: float
+    total_seconds: float  # process start to exit (interpreter start-up, imports, Kafka client)
+    rate: float  # events / fold_seconds
+    rate_with_swap: float  # events / seconds
+    rate_with_startup: float  # events / total_seconds
+    swap_seconds: float  # seconds - fold_seconds (plus the connection set-up, a few ms)
+    swap_observed: bool  # False: no poll saw the swap; the fold's end is the last poll (a bound)
+    peak_rss_mb: float
+    #: CPU seconds per event (µs) from the rebuild's PostgreSQL connection to its exit:
+    #: "rebuild" (the process), "broker", "postgres" (backends that exited included)
+    cpu_us_per_event: dict[str, float] = field(default_factory=dict)
+    startup_cpu_seconds: float = 0.0  # the rebuild's CPU before its connection (imports...)
+    profile: dict[str, Any] | None = None
+
+
+@dataclass
 class Results:
     options: dict[str, Any]
     environment: dict[str, Any]
@@ -169,7 +215,7 @@ class Results:
     catch_up: CatchUp | None = None
     latency: Latency | None = None
     restore: Restore | None = None
-    reprocess: CatchUp | None = None
+    rebuild: RebuildRun | None = None
     peak_rss_mb: float = 0.0
     startup_rss_mb: float = 0.0  # the worker's RSS when its first batch was committed
     loans: int = 0
@@ -221,10 +267,13 @@ class Bench:
             self.say("(d) changelog restore with the local state wiped")
             results.restore = await self.restore("w1")
             self.say(f"    {results.restore.records:,} records at {results.restore.rate:,.0f}/s")
-        if "e" in stages:
-            self.say("(e) re-processing from offset 0 into a fresh schema (new group, fresh data)")
-            results.reprocess, _ = await self.catch_up(self.fresh_pipeline("reprocess"), ["r1"])
-            self.say(f"    {results.reprocess.rate:,.0f} events/s")
+        if "e" in stages and "b" in stages:
+            self.say("(e) projection rebuild: `lendstream projections rebuild` on (b)'s schema")
+            results.rebuild = r = await self.rebuild()
+            self.say(f"    {r.events:,} events: fold {r.rate:,.0f}/s, "
+                     f"with the swap {r.rate_with_swap:,.0f}/s")  # fmt: skip
+        elif "e" in stages:
+            self.say("(e) skipped: it rebuilds the schema that (b) fills (add b to --stages)")
         if "g" in stages:
             names = [f"s{n}" for n in range(1, o.scale_workers + 1)]
             chaos = KillPattern(names) if o.scale_chaos else None
@@ -436,6 +485,106 @@ class Bench:
         seconds = max(ended - began, 1e-3)
         return Restore(records, seconds, records / seconds, began - started)
 
+    async def rebuild(self) -> RebuildRun:
+        """Run `lendstream projections rebuild` on the pipeline's schema (its worker stopped,
+        so the rebuild folds up to the positions (b) and (c) stored and its swap waits for
+        nothing). Its connection is found in `pg_stat_activity` by `REBUILD_APP` (the only
+        change to the workers' settings); polls every `WATCH_SECONDS` time the fold and take
+        the CPU baseline when the connection appears. The process is waited for without being
+        reaped, so that its CPU can still be read."""
+        settings = self.pipe.settings
+        assert settings.pg_dsn is not None
+        dsn = _with_query(settings.pg_dsn, application_name=REBUILD_APP)
+        env = {k: v for k, v in os.environ.items() if not k.startswith("LENDSTREAM_")}
+        env.update(worker_env(settings.model_copy(update={"pg_dsn": dsn})))
+        log_path = self.pipe.root / "rebuild.log"
+        offset = log_path.stat().st_size if log_path.exists() else 0
+        started = time.monotonic()
+        with open(log_path, "ab") as log_file:
+            proc = subprocess.Popen(
+                [sys.executable, *REBUILD],
+                env=env, cwd=REPO, stdout=log_file, stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )  # fmt: skip
+        exited = asyncio.ensure_future(asyncio.to_thread(_wait_exited, proc.pid))
+        began = 0.0  # epoch of the rebuild's connection
+        swap_at, last_fold_at = 0.0, 0.0
+        cpu_at_start: dict[str, float] = {}
+        peak_rss = 0.0
+        profiler: Profiler | None = None
+        try:
+            conn = await asyncpg.connect(settings.pg_dsn)
+            try:
+                while not exited.done():
+                    if time.monotonic() - started > self.options.stage_timeout:
+                        raise TimeoutError(f"rebuild not done after {self.options.stage_timeout}s")
+                    peak_rss = max(peak_rss, rss_mb(proc.pid, peak=True))
+                    row = await conn.fetchrow(
+                        "SELECT extract(epoch FROM backend_start)::float8 AS began, "
+                        "extract(epoch FROM xact_start)::float8 AS xact, query "
+                        "FROM pg_stat_activity WHERE application_name = $1",
+                        REBUILD_APP,
+                    )
+                    seen_at = time.time()
+                    if row is not None and not began:
+                        began = row["began"]
+                        cpu_at_start = self._rebuild_cpu(proc.pid)
+                        if self.options.profile is not None:
+                            profile = self.options.profile
+                            profiler = Profiler.start(proc.pid, profile.with_name(
+                                f"{profile.name}-rebuild"))  # fmt: skip
+                    if row is not None and not swap_at:
+                        phase = _rebuild_phase(row["query"])
+                        if phase == "swap" and row["xact"] is not None:
+                            swap_at = row["xact"]
+                        elif phase == "fold":
+                            last_fold_at = seen_at
+                    await asyncio.wait({exited}, timeout=WATCH_SECONDS)
+            finally:
+                await conn.close()
+            cpu_used = _minus(self._rebuild_cpu(proc.pid), cpu_at_start)  # exited, not reaped
+            proc.wait()
+        finally:
+            if proc.returncode is None:  # not reaped yet: the pid is still its own
+                stop_process(proc.pid)
+            await asyncio.gather(exited, return_exceptions=True)
+        total_seconds = time.monotonic() - started
+        text = log_path.read_bytes()[offset:].decode(errors="replace")
+        match = _REBUILT.search(text)
+        if proc.returncode != 0 or match is None or not began:
+            raise AssertionError(f"the rebuild exited with {proc.returncode}:\n{text[-3000:]}")
+        events, rate = int(match.group(1).replace(",", "")), float(match.group(3).replace(",", ""))
+        seconds = events / rate if rate > 0 else float(match.group(2))
+        fold_seconds = (swap_at or last_fold_at) - began
+        profile_summary = None
+        if profiler is not None:
+            profile_summary = profiler.stop()
+            profile_summary["activities"] = rebuild_activities(profiler.stacks.read_text())
+            profiler.stacks.with_suffix(".txt").write_text(format_summary(profile_summary))
+        return RebuildRun(
+            events=events,
+            fold_seconds=fold_seconds,
+            seconds=seconds,
+            total_seconds=total_seconds,
+            rate=events / max(fold_seconds, 1e-9),
+            rate_with_swap=events / max(seconds, 1e-9),
+            rate_with_startup=events / total_seconds,
+            swap_seconds=max(seconds - fold_seconds, 0.0),
+            swap_observed=bool(swap_at),
+            peak_rss_mb=peak_rss,
+            cpu_us_per_event={k: v * 1e6 / max(events, 1) for k, v in cpu_used.items()},
+            startup_cpu_seconds=cpu_at_start.get("rebuild", 0.0),
+            profile=profile_summary,
+        )
+
+    def _rebuild_cpu(self, pid: int) -> dict[str, float]:
+        """CPU seconds so far of the rebuild process and of the known services, with the
+        children they reaped (a PostgreSQL backend's CPU outlives it in the postmaster's)."""
+        used = {"rebuild": cpu_seconds(pid)}
+        for name, service in self.service_pids.items():
+            used[name] = cpu_seconds(service, with_children=True, with_reaped=True)
+        return used
+
     async def floor(self, name: str, *flags: str) -> dict[str, Any]:
         """Run `tests.bench.floor` (a do-nothing agent) over everything produced so far."""
         total = sum(end + 1 for end in self.pipe.ends.values())
@@ -499,12 +648,16 @@ def visible_latencies(
     return out
 
 
-def cpu_seconds(pid: int, with_children: bool = False) -> float:
-    """User + system CPU seconds of a live process (and its live children); 0 if it is gone."""
+def cpu_seconds(pid: int, with_children: bool = False, with_reaped: bool = False) -> float:
+    """User + system CPU seconds of a live (or exited but not reaped) process, and of its live
+    children, and of the children it has reaped (waited for); 0 if it is gone."""
     try:
         process = psutil.Process(pid)
         processes = [process, *(process.children(recursive=True) if with_children else [])]
         total = 0.0
+        if with_reaped:
+            own = process.cpu_times()
+            total += own.children_user + own.children_system
         for p in processes:
             with contextlib.suppress(psutil.Error):
                 times = p.cpu_times()
@@ -519,6 +672,49 @@ def _sample_cpu(workers: list[WorkerProcess], seen: dict[int, float]) -> None:
     for worker in workers:
         if worker.alive():
             seen[worker.pid] = max(seen.get(worker.pid, 0.0), cpu_seconds(worker.pid))
+
+
+def _wait_exited(pid: int) -> None:
+    """Block until child `pid` exits, leaving it unreaped (its CPU times stay readable)."""
+    with contextlib.suppress(ChildProcessError):
+        os.waitid(os.P_PID, pid, os.WEXITED | os.WNOWAIT)
+
+
+def _with_query(dsn: str, **params: str) -> str:
+    """`dsn` with `params` added to its query string."""
+    parts = urlsplit(dsn)
+    query = [*parse_qsl(parts.query, keep_blank_values=True), *params.items()]
+    return urlunsplit(parts._replace(query=urlencode(query, safe="/")))
+
+
+def _rebuild_phase(query: str) -> str:
+    """`swap` for a statement of the rebuild's swap transaction, `fold` for one of its fold
+    (shadow tables, writes, the live positions read unlocked), empty for BEGIN, COMMIT and the
+    final shadow-schema drop (either side)."""
+    if "projection_positions" in query and "FOR UPDATE" in query:
+        return "swap"
+    if any(marker in query for marker in SWAP_MARKERS):
+        return "swap"
+    if query.startswith(("BEGIN", "COMMIT")) or (
+        query.startswith("DROP SCHEMA") and "CREATE SCHEMA" not in query
+    ):
+        return ""
+    return "fold"
+
+
+def rebuild_activities(folded: str) -> list[tuple[str, float]]:
+    """Percent of a rebuild profile's samples by `REBUILD_ACTIVITIES`."""
+    counts: Counter[str] = Counter()
+    for line in folded.splitlines():
+        stack, _, count = line.rpartition(" ")
+        if stack and count.isdigit():
+            name = next(
+                (n for n, needles in REBUILD_ACTIVITIES if any(x in stack for x in needles)),
+                "other",
+            )
+            counts[name] += int(count)
+    total = max(sum(counts.values()), 1)
+    return [(k, round(100 * v / total, 2)) for k, v in counts.most_common()]
 
 
 def _minus(after: dict[str, float], before: dict[str, float]) -> dict[str, float]:

@@ -65,8 +65,14 @@ def rows(results: Results) -> list[Row]:
         out.append(
             rate(f"(d) changelog restore ({r.records:,} records)", r.rate, 50_000, "records/s")
         )
-    if p := results.reprocess:
-        out.append(rate("(e) re-processing from offset 0 (no rebuild cmd yet)", p.rate, 100_000))
+    if b := results.rebuild:
+        out += [
+            rate(f"(e) projection rebuild: fold, {b.events:,} events", b.rate, 100_000),
+            rate(f"    with the swap ({b.swap_seconds:.2f}s)", b.rate_with_swap, 100_000),
+            rate(f"    with process start-up ({b.total_seconds:.1f}s in all)", b.rate_with_startup),
+            *[Row(f"    CPU per event: {who}", us, "us") for who, us in b.cpu_us_per_event.items()],
+            Row("    peak RSS of the rebuild process", b.peak_rss_mb, "MiB"),
+        ]
     if results.peak_rss_mb:
         out += [
             Row(
@@ -129,6 +135,11 @@ def format_table(results: Results) -> str:
             f"note: (c) ran at {lat.rate_reached:,.0f}/s, at or above what one worker sustains "
             f"({one.rate:,.0f}/s in (b)): its latency is mostly queueing; rerun with a lower "
             "--latency-rate for the latency of an unsaturated worker"
+        )
+    if (b := results.rebuild) and not b.swap_observed:
+        lines.append(
+            "note: no poll saw (e)'s swap (shorter than a poll): the fold's end is the last poll "
+            "that saw it folding, so the fold rate is an upper bound (by about a poll)"
         )
     return "\n".join(lines)
 

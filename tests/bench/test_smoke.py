@@ -40,7 +40,7 @@ def test_every_stage_runs_on_a_small_backlog(
             )
         )
     finally:
-        for suffix in ("", "_reprocess", "_scale"):
+        for suffix in ("", "__rebuild", "_scale"):
             asyncio.run(drop_schema(postgres.dsn, schema + suffix))
 
     assert isinstance(results, Results)
@@ -53,10 +53,12 @@ def test_every_stage_runs_on_a_small_backlog(
     assert results.latency is not None and results.latency.events > 0
     assert results.restore is not None and results.restore.records > 0
     assert results.scale_out is not None and results.scale_out.workers == 2
-    assert results.reprocess is not None
+    assert results.rebuild is not None
+    assert set(results.rebuild.cpu_us_per_event) == {"rebuild", "broker", "postgres"}
+    assert 0 < results.rebuild.fold_seconds <= results.rebuild.seconds
     assert results.floor["events"] >= 5_000 + results.latency.events
     assert results.floor_batched["events"] >= 5_000 + results.latency.events
-    assert results.reprocess.events == 5_000 + results.latency.events
+    assert results.rebuild.events == 5_000 + results.latency.events
     table = format_table(results)
     assert all(stage in table for stage in STAGES), table
     assert all(row.value == row.value for row in rows(results)), "a figure is NaN"
