@@ -57,7 +57,8 @@ PRODUCER_MAX_BATCH_BYTES = 512 * 1024
 
 class _ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
     """End offsets from fetch high watermarks (see `lendstream.kafka`), so that table recovery
-    reads each changelog to its true end on every broker; a shorter fetch wait."""
+    reads each changelog to its true end on every broker; a shorter fetch wait; LeaveGroup first
+    when the consumer closes (`kafka.leave_group_first_on_close`)."""
 
     def _create_worker_consumer(self, transport: Any) -> Any:
         consumer = super()._create_worker_consumer(transport)
@@ -67,6 +68,12 @@ class _ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
         # only costs more idle fetch requests (docs/performance.md).
         consumer._fetch_max_wait_ms = FETCH_MAX_WAIT_MS
         return consumer
+
+    async def on_thread_stop(self) -> None:
+        coordinator = getattr(self._consumer, "_coordinator", None)
+        if coordinator is not None:
+            kafka.leave_group_first_on_close(coordinator)
+        await super().on_thread_stop()
 
     async def _highwaters(self, partitions: list[Any]) -> Any:
         consumer = self._ensure_consumer()

@@ -11,6 +11,7 @@ response. There is no broker-specific code path.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -20,9 +21,13 @@ if TYPE_CHECKING:
     from lendstream.settings import Settings
 
 from aiokafka import AIOKafkaConsumer
+from aiokafka.errors import KafkaError
+from aiokafka.protocol.group import JoinGroupRequest, LeaveGroupRequest
 from aiokafka.structs import TopicPartition
 
 PROBE_TIMEOUT_SECONDS = 15.0
+LEAVE_TIMEOUT_SECONDS = 2.0
+log = logging.getLogger(__name__)
 
 
 def with_broker(settings: Settings) -> Settings:
@@ -194,3 +199,52 @@ async def _collect_heads(
             if highwater is not None and await consumer.position(tp) >= highwater:
                 result[tp] = None
     return result
+
+
+def leave_group_first_on_close(coordinator: Any) -> None:
+    """Make aiokafka's group coordinator leave the group *first* when it closes, whenever it is
+    a member — so that a worker stopped with SIGTERM hands its partitions over at once.
+
+    aiokafka's `close` first waits for its coordination task, then sends LeaveGroup, and only
+    when `generation > 0`. Two ways a stopped worker then never left (seen in the scale
+    benchmark, `--scale-chaos`), so that its partitions waited a whole session timeout, or
+    longer, as if it had been killed:
+    - SIGTERM during a rebalance: the coordination task waits for a JoinGroup answer that the
+      broker holds back until the rebalance completes (for a killed member, a session timeout);
+      Faust gives up on its consumer thread first, and the process exits without LeaveGroup,
+      still a member of the next generation, with partitions assigned that nobody processes.
+    - Tansu numbers a group's first generation 0 (Apache Kafka from 1), so `generation > 0`
+      skipped the LeaveGroup of a worker stopped in it.
+    Here `close` stops the coordination loop (no rejoin), sends LeaveGroup if the consumer has a
+    member id (the Java client's condition; LeaveGroup carries the member id, not the
+    generation; a pending JoinGroup is answered when its member leaves), then waits for the
+    coordination task up to `LEAVE_TIMEOUT_SECONDS` and stops the heartbeat and refresh tasks
+    as aiokafka does. A failed LeaveGroup is logged and the close goes on (the broker then
+    expires the member after its session timeout, as before). Static members
+    (`group_instance_id`) do not leave, as in aiokafka.
+    """
+
+    async def close() -> None:
+        if coordinator._closing.done():
+            return
+        coordinator._closing.set_result(None)
+        member = coordinator.member_id != JoinGroupRequest.UNKNOWN_MEMBER_ID
+        if member and coordinator._group_instance_id is None:
+            request = LeaveGroupRequest(coordinator.group_id, coordinator.member_id)
+            try:
+                await asyncio.wait_for(coordinator._send_req(request), LEAVE_TIMEOUT_SECONDS)
+            except (KafkaError, TimeoutError) as err:
+                log.error("LeaveGroup request failed: %r", err)
+            else:
+                log.info("LeaveGroup request succeeded (before closing)")
+        task = coordinator._coordination_task
+        if not task.done():
+            try:
+                await asyncio.wait_for(task, LEAVE_TIMEOUT_SECONDS)
+            except TimeoutError:
+                log.warning("group coordination did not end after LeaveGroup; cancelled")
+        await coordinator._stop_heartbeat_task()
+        await coordinator._stop_commit_offsets_refresh_task()
+        coordinator.reset_generation()
+
+    coordinator.close = close
