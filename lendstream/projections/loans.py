@@ -50,6 +50,10 @@ LOAN_COLUMNS = (
     "approved_amount_cents, interest_rate_bps, total_due_cents, repaid_cents, outstanding_cents, "
     "applied_at, approved_at, paid_out_at, settled_at, closed_reason, version, updated_at"
 )
+#: Columns of a `history_row`, in order.
+HISTORY_COLUMNS = LOAN_COLUMNS + ", valid_from, valid_to"
+#: Columns of a `customer_exposure` row, in order.
+EXPOSURE_COLUMNS = "customer_id, currency, active_loans, outstanding_cents, updated_at"
 
 
 def loan_row(loan: Loan) -> tuple[Any, ...]:
@@ -91,7 +95,7 @@ class LoanRows:
     dead_letters: list[tuple[Any, ...]] = field(default_factory=list)
     discarded: list[tuple[str, str]] = field(default_factory=list)  # (dead letter id, reason)
     ledger: list[LedgerEntry] = field(default_factory=list)
-    count_payouts: bool = True  # add new payouts to `daily_payouts` (a rebuild does not)
+    count_payouts: bool = True  # add new payouts to `daily_payouts` (False: leave it alone)
 
     @property
     def summaries(self) -> list[Loan]:
@@ -148,6 +152,12 @@ def _released_row(outcome: Applied[Loan] | Duplicate, now: datetime) -> tuple[An
     return dead_letter_row(released, "released", None, now)
 
 
+def new_version(outcome: Applied[Loan]) -> Loan | None:
+    """The loan version an applied event makes (None: the event left the row as it was)."""
+    before, after = outcome.before, outcome.after
+    return after if before is None or after.version != before.version else None
+
+
 def rows_for(outcomes: Sequence[Outcome[Loan]], now: datetime) -> LoanRows:
     """Rows for a batch of outcomes, in order (pure)."""
     rows = LoanRows()
@@ -155,10 +165,10 @@ def rows_for(outcomes: Sequence[Outcome[Loan]], now: datetime) -> LoanRows:
         if isinstance(outcome, Applied):
             rows.event_log.append(event_log_row(outcome.event, outcome, now))
             rows.applied_ids.append(outcome.event.event_id)
-            before, after = outcome.before, outcome.after
-            if before is None or after.version != before.version:
-                rows.versions.append(after)
-            rows.ledger.extend(ledger_entries(outcome.event, before, after))
+            version = new_version(outcome)
+            if version is not None:
+                rows.versions.append(version)
+            rows.ledger.extend(ledger_entries(outcome.event, outcome.before, outcome.after))
         if isinstance(outcome, Applied | Duplicate) and outcome.released is not None:
             rows.dead_letters.append(_released_row(outcome, now))
         elif isinstance(outcome, Parked | Dead):
@@ -173,19 +183,30 @@ def rows_for(outcomes: Sequence[Outcome[Loan]], now: datetime) -> LoanRows:
 MAX_RECORD_VALUE_BYTES = 64 * 1024
 
 
+def history_row(loan: Loan, valid_to: datetime | None) -> tuple[Any, ...]:
+    """The `loan_history` row of a version: valid from its `updated_at` until `valid_to` (None:
+    the current version)."""
+    return (*loan_row(loan), loan.updated_at, valid_to)
+
+
+def superseded(loan: Loan) -> tuple[str, int]:
+    """The (loan, version) that version `loan` closes, at its `updated_at`: the one before it."""
+    return loan.loan_id, loan.version - 1
+
+
 def history_rows(
     versions: Sequence[Loan],
 ) -> tuple[list[tuple[Any, ...]], list[tuple[str, int, datetime]]]:
     """The `loan_history` rows of a batch's versions, each closed (`valid_to`) where the batch
     holds the next version of its loan, and the (loan, version, valid_to) of the stored
     versions the batch supersedes: only those need an `UPDATE` (pure)."""
-    next_from = {(v.loan_id, v.version - 1): v.updated_at for v in versions}
+    next_from = {superseded(v): v.updated_at for v in versions}
     present = {(v.loan_id, v.version) for v in versions}
-    rows = [(*loan_row(v), v.updated_at, next_from.get((v.loan_id, v.version))) for v in versions]
+    rows = [history_row(v, next_from.get((v.loan_id, v.version))) for v in versions]
     to_close = [
-        (v.loan_id, v.version - 1, v.updated_at)
+        (*superseded(v), v.updated_at)
         for v in versions
-        if v.version > 1 and (v.loan_id, v.version - 1) not in present
+        if v.version > 1 and superseded(v) not in present
     ]
     return rows, to_close
 
@@ -215,8 +236,18 @@ def dead_letter_records(rows: LoanRows) -> list[tuple[str | None, dict[str, Any]
     return records
 
 
+#: A stored `loan_summary` as the writer reads it back under its row lock:
+#: (version, status, outstanding, customer, currency).
+StoredSummary = tuple[int, str, int, str, str]
+
+
+def stored_summary(loan: Loan) -> StoredSummary:
+    """What the `loan_summary` row written from `loan` reads back as (`sql_lock_summaries`)."""
+    return loan.version, str(loan.status), loan.outstanding_cents, loan.customer_id, loan.currency
+
+
 def exposure_deltas(
-    summaries: Sequence[Loan], stored: dict[str, tuple[int, str, int, str, str]]
+    summaries: Sequence[Loan], stored: dict[str, StoredSummary]
 ) -> tuple[list[Loan], dict[tuple[str, str], list[int]]]:
     """The summaries that move a loan forward, and the exposure change they make (pure).
 
@@ -241,7 +272,7 @@ def exposure_deltas(
 
 
 def payout_deltas(
-    summaries: Sequence[Loan], stored: dict[str, tuple[int, str, int, str, str]]
+    summaries: Sequence[Loan], stored: dict[str, StoredSummary]
 ) -> dict[tuple[Any, str, str], list[int]]:
     """`daily_payouts` increments, (day, partner, currency) -> [payouts, amount], of the
     summaries (those that move a loan forward) whose loan was not paid out as stored (pure)."""
@@ -287,7 +318,6 @@ class BatchRows:
 def make_apply(schema: str) -> Any:
     """The writer's `apply` for this projection, bound to `schema`."""
     s = f'"{schema}"'
-    history_columns = LOAN_COLUMNS + ", valid_from"
     summary_updates = ", ".join(
         f"{c} = excluded.{c}" for c in LOAN_COLUMNS.split(", ") if c != "loan_id"
     )
@@ -307,7 +337,7 @@ def make_apply(schema: str) -> Any:
     # A version superseded inside the batch is inserted closed; a redelivered batch with other
     # boundaries may close a version it inserted open before.
     sql_history = (
-        f"INSERT INTO {s}.loan_history AS h ({history_columns}, valid_to) "
+        f"INSERT INTO {s}.loan_history AS h ({HISTORY_COLUMNS}) "
         f"VALUES ({params}, ${n + 1}, ${n + 2}) "
         "ON CONFLICT (loan_id, version) DO UPDATE SET valid_to = excluded.valid_to "
         "WHERE h.valid_to IS NULL AND excluded.valid_to IS NOT NULL"
@@ -317,8 +347,7 @@ def make_apply(schema: str) -> Any:
         "WHERE loan_id = $1 AND version = $2 AND valid_to IS NULL"
     )
     sql_exposure = (
-        f"INSERT INTO {s}.customer_exposure AS e "
-        "(customer_id, currency, active_loans, outstanding_cents, updated_at) "
+        f"INSERT INTO {s}.customer_exposure AS e ({EXPOSURE_COLUMNS}) "
         "VALUES ($1, $2, $3, $4, now()) ON CONFLICT (customer_id, currency) DO UPDATE SET "
         "active_loans = e.active_loans + excluded.active_loans, "
         "outstanding_cents = e.outstanding_cents + excluded.outstanding_cents, updated_at = now()"

@@ -1,16 +1,30 @@
 """`lendstream projections rebuild [NAME]`: rebuild the loan read models from the retained
 topics into shadow tables, then swap them in atomically while the live worker keeps running.
 
-1. **Shadow.** A schema `<schema>__rebuild` gets empty copies (`LIKE … INCLUDING ALL`) of
-   `loan_summary`, `loan_history` and `customer_exposure`; the live tables stay untouched and
-   readable.
-2. **Fold.** A group-less aiokafka consumer reads the loan processor's inputs from the start
-   (`replay.Merge` orders them), the live pure code folds them (`sequencing.handle`,
-   `projections.loans.rows_for`), and the live writer's statements (`make_apply`, idempotent by
-   content) write the rows to the shadow tables in batches — up to the positions the live
-   worker had stored when the rebuild started (`projection_positions`), then again up to its
-   newer positions until the gap is small. The rebuild never reads past the live positions, so
-   it is never ahead of the live tables.
+1. **Shadow.** A schema `<schema>__rebuild` gets empty copies of `loan_summary`,
+   `loan_history` and `customer_exposure` (`LIKE … INCLUDING ALL EXCLUDING INDEXES`); the live
+   tables stay untouched and readable.
+2. **Fold**, in rounds: a group-less aiokafka consumer reads the loan processor's inputs from
+   the start (`replay.Merge` orders them) and the live pure code folds them
+   (`sequencing.handle`; `projections.loans.new_version` keeps the versions the live projection
+   writes) — first up to the positions the live worker had stored when the rebuild started
+   (`projection_positions`), then again up to its newer positions until the gap is small. The
+   rebuild never reads past the live positions, so it is never ahead of the live tables.
+
+   The shadow tables are empty and only the rebuild writes them, so it writes in bulk
+   (`replay.ShadowRows`, built on the live pure functions `history_row`, `superseded`,
+   `loan_row` and `exposure_deltas`): each batch COPYs the `loan_history` rows that the batch
+   made final (superseded versions); the end of each round writes, in one transaction, every
+   changed loan's newest version (open in `loan_history`, and its `loan_summary` row) and the
+   new `customer_exposure` totals of the customers it touched. The first round COPYs into the
+   empty tables; a later round closes (UPDATE) the versions it supersedes and replaces (DELETE,
+   then COPY) the summary and exposure rows it changed. So every round ends with the shadow
+   tables exactly as the live writer would leave them at the positions reached. Why not hold
+   everything until the swap: memory would grow with every version, and the swap transaction
+   (which holds the live worker's position locks) would write the whole tables; this way memory
+   holds one version per loan, and only the later rounds — the small gap to the live worker —
+   touch rows already written. After the first round the live tables' indexes and constraints
+   are built under their live names (one sort each instead of an insert per row).
 3. **Swap**, in one transaction: lock the live worker's position rows (`FOR UPDATE`: its next
    commit waits), fold the last increment up to exactly those positions, lock the views bound to
    the tables and the tables themselves (`ACCESS EXCLUSIVE`: readers wait, they do not fail),
@@ -37,6 +51,7 @@ import asyncio
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 import asyncpg
 from aiokafka import AIOKafkaConsumer
@@ -46,12 +61,21 @@ from lendstream.analysts import recreate_views
 from lendstream.domain.loans import evolve
 from lendstream.domain.sequencing import Message, Policy
 from lendstream.kafka import group_less_consumer
-from lendstream.projections.loans import PROJECTION, BatchRows, make_apply
+from lendstream.projections.loans import (
+    EXPOSURE_COLUMNS,
+    HISTORY_COLUMNS,
+    LOAN_COLUMNS,
+    PROJECTION,
+)
 from lendstream.projections.replay import (
     REBUILT_TABLES,
     SPECS,
+    Close,
     Fold,
+    HistoryRow,
     Merge,
+    RoundEnd,
+    ShadowRows,
     progress_line,
     to_message,
 )
@@ -127,7 +151,8 @@ class Source:
 
     def _pause_beyond(self, targets: Mapping[TopicPartition, int]) -> None:
         """Stop fetching partitions whose buffer already reaches their target."""
-        pause, resume = [], []
+        pause: list[TopicPartition] = []
+        resume: list[TopicPartition] = []
         for tp in self.tps:
             buffer = self.merge.buffers.get(tp)
             reached = self.merge.done.get(tp, -1) >= targets.get(tp, -1) or (
@@ -150,13 +175,14 @@ class Rebuild:
         self.fold = Fold(
             evolve, Policy(backoff=settings.retry_backoff, park_deadline=settings.park_deadline)
         )
-        self.apply = make_apply(self.shadow)
+        self.rows = ShadowRows()
+        self.writer = ShadowWriter(self.schema, self.shadow)
 
     async def run(self, consumer: AIOKafkaConsumer) -> Report:
         conn = await asyncpg.connect(self.dsn)
         ticker = asyncio.create_task(self.progress.every_second())
         try:
-            await self.create_shadow(conn)
+            await self.writer.create(conn)
             await consumer.topics()  # loads the cluster metadata
             tps = partitions_of(consumer)
             consumer.assign(tps)
@@ -165,6 +191,7 @@ class Rebuild:
             targets = await self.live_targets(conn, tps)
             self.progress.total = _count(targets, {})
             await self.fold_to(conn, source, targets)
+            await self.writer.build_indexes(conn)
             self.progress.phase = "catch-up"
             while True:
                 newer = await self.live_targets(conn, tps)
@@ -180,14 +207,6 @@ class Rebuild:
         finally:
             ticker.cancel()
             await conn.close()
-
-    async def create_shadow(self, conn: asyncpg.Connection) -> None:
-        live, shadow = f'"{self.schema}"', f'"{self.shadow}"'
-        async with conn.transaction():  # all or nothing: no shadow schema without its tables
-            await conn.execute(f"DROP SCHEMA IF EXISTS {shadow} CASCADE; CREATE SCHEMA {shadow}")
-            for table in REBUILT_TABLES:
-                like = f"LIKE {live}.{table} INCLUDING ALL"
-                await conn.execute(f"CREATE TABLE {shadow}.{table} ({like})")
 
     async def live_targets(
         self, conn: asyncpg.Connection, tps: list[TopicPartition], lock: bool = False
@@ -205,12 +224,12 @@ class Rebuild:
     async def fold_to(
         self, conn: asyncpg.Connection, source: Source, targets: Mapping[TopicPartition, int]
     ) -> None:
+        """One round: fold up to `targets`, writing as the module doc says."""
         async for messages in source.read_to(targets):
-            rows = self.fold.apply(messages)
-            if rows.versions:
-                async with conn.transaction():
-                    await self.apply(conn, [BatchRows(rows, [])])
+            history, closes = self.rows.add(self.fold.apply(messages))
+            await self.writer.write_batch(conn, history, closes)
             self.progress.step(len(messages))
+        await self.writer.write_round(conn, self.rows.end_round())
 
     async def swap(
         self, conn: asyncpg.Connection, source: Source, tps: list[TopicPartition]
@@ -238,6 +257,106 @@ class Rebuild:
         await recreate_views(conn, self.schema)
         for table in REBUILT_TABLES:
             await conn.execute(f"DROP TABLE {live}.{table}__replaced")
+
+
+class ShadowWriter:
+    """The shadow tables of the tables of schema `live`, in schema `shadow`, written in bulk
+    (see the module doc, "Fold")."""
+
+    def __init__(self, live: str, shadow: str) -> None:
+        self.live = live
+        self.shadow = shadow
+        s = f'"{shadow}"'
+        self.first_round = True  # the tables are still empty (and without indexes)
+        self.sql_close = (
+            f"UPDATE {s}.loan_history h SET valid_to = c.valid_to "
+            "FROM unnest($1::text[], $2::int[], $3::timestamptz[]) AS c(loan_id, version, valid_to) "
+            "WHERE h.loan_id = c.loan_id AND h.version = c.version AND h.valid_to IS NULL"
+        )
+        self.sql_drop_summaries = f"DELETE FROM {s}.loan_summary WHERE loan_id = ANY($1::text[])"
+        self.sql_drop_exposures = (
+            f"DELETE FROM {s}.customer_exposure e "
+            "USING unnest($1::text[], $2::text[]) AS x(customer_id, currency) "
+            "WHERE e.customer_id = x.customer_id AND e.currency = x.currency"
+        )
+
+    async def create(self, conn: asyncpg.Connection) -> None:
+        """Empty copies of the live tables without their indexes (`build_indexes` adds them
+        after the first round); drops what a failed rebuild left."""
+        live, shadow = f'"{self.live}"', f'"{self.shadow}"'
+        async with conn.transaction():  # all or nothing: no shadow schema without its tables
+            await conn.execute(f"DROP SCHEMA IF EXISTS {shadow} CASCADE; CREATE SCHEMA {shadow}")
+            for table in REBUILT_TABLES:
+                like = f"LIKE {live}.{table} INCLUDING ALL EXCLUDING INDEXES"
+                await conn.execute(f"CREATE TABLE {shadow}.{table} ({like})")
+
+    async def write_batch(
+        self, conn: asyncpg.Connection, history: list[HistoryRow], closes: list[Close]
+    ) -> None:
+        if history:
+            await self._copy(conn, "loan_history", HISTORY_COLUMNS, history)
+        if closes:
+            loans, versions, valid_to = zip(*closes, strict=True)
+            await conn.execute(self.sql_close, list(loans), list(versions), list(valid_to))
+
+    async def write_round(self, conn: asyncpg.Connection, end: RoundEnd) -> None:
+        async with conn.transaction():
+            if end.history:
+                await self._copy(conn, "loan_history", HISTORY_COLUMNS, end.history)
+            if end.summaries and not self.first_round:
+                await conn.execute(self.sql_drop_summaries, [row[0] for row in end.summaries])
+            if end.summaries:
+                await self._copy(conn, "loan_summary", LOAN_COLUMNS, end.summaries)
+            if end.exposures and not self.first_round:
+                customers, currencies = [e[0] for e in end.exposures], [e[1] for e in end.exposures]
+                await conn.execute(self.sql_drop_exposures, customers, currencies)
+            if end.exposures:
+                now = await conn.fetchval("SELECT now()")  # as the live writer's `now()`
+                rows = [(*e, now) for e in end.exposures]
+                await self._copy(conn, "customer_exposure", EXPOSURE_COLUMNS, rows)
+        self.first_round = False
+
+    async def _copy(
+        self, conn: asyncpg.Connection, table: str, columns: str, rows: list[tuple[Any, ...]]
+    ) -> None:
+        await conn.copy_records_to_table(
+            table, records=rows, columns=columns.split(", "), schema_name=self.shadow
+        )
+
+    async def build_indexes(self, conn: asyncpg.Connection) -> None:
+        """Give the shadow tables the live tables' indexes and the constraints they back
+        (primary keys), under the live names: after the swap the tables are defined as the
+        live ones were, index names included (`LIKE … INCLUDING INDEXES` would name them
+        after their columns)."""
+        rows = await conn.fetch(
+            "SELECT t.relname AS table_name, "
+            "CASE WHEN k.oid IS NOT NULL THEN format('%I', k.conname) END AS conname, "
+            "pg_get_constraintdef(k.oid) AS condef, "
+            "pg_get_indexdef(x.indexrelid) AS indexdef, format('%I.%I', n.nspname, t.relname) "
+            "AS live_name, format('%I.%I', $3::text, t.relname) AS shadow_name "
+            "FROM pg_index x JOIN pg_class t ON t.oid = x.indrelid "
+            "JOIN pg_namespace n ON n.oid = t.relnamespace "
+            "LEFT JOIN pg_constraint k ON k.conindid = x.indexrelid AND k.conrelid = x.indrelid "
+            "AND k.contype IN ('p', 'u', 'x') "
+            "WHERE n.nspname = $1 AND t.relname = ANY($2::text[]) ORDER BY 1, x.indexrelid",
+            self.live,
+            list(REBUILT_TABLES),
+            self.shadow,
+        )
+        async with conn.transaction():
+            for row in rows:
+                if row["conname"] is not None:
+                    await conn.execute(
+                        f"ALTER TABLE {row['shadow_name']} ADD CONSTRAINT {row['conname']} "
+                        + row["condef"]
+                    )
+                    continue
+                on_live, on_shadow = f" ON {row['live_name']} ", f" ON {row['shadow_name']} "
+                if on_live not in row["indexdef"]:
+                    raise RuntimeError(f"unexpected index definition: {row['indexdef']}")
+                await conn.execute(row["indexdef"].replace(on_live, on_shadow, 1))
+        for table in REBUILT_TABLES:  # bulk-loaded: plan the analysts' queries from day one
+            await conn.execute(f'ANALYZE "{self.shadow}".{table}')
 
 
 def partitions_of(consumer: AIOKafkaConsumer) -> list[TopicPartition]:

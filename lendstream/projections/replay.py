@@ -1,5 +1,6 @@
 """Pure parts of `lendstream projections rebuild`: merging the loan processor's input topics
-into one order per partition, folding it with the live code, and the progress line.
+into one order per partition, folding it with the live code, the rows of the rebuilt tables,
+and the progress line.
 
 Order: the loan processor consumes `loan-events`, `payment-events`, `payout-events` and
 `loan-control` together, and the messages of one loan sit in the same partition number of each.
@@ -21,6 +22,7 @@ from collections import deque
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Any
 
 from aiokafka.structs import ConsumerRecord, TopicPartition
 
@@ -28,15 +30,22 @@ from lendstream.agents.batch import _headers
 from lendstream.domain.loans import Loan
 from lendstream.domain.sequencing import (
     DEFAULT_POLICY,
+    Applied,
     Evolve,
     Keyed,
     Message,
-    Outcome,
     Policy,
     Position,
     handle,
 )
-from lendstream.projections.loans import LoanRows, rows_for
+from lendstream.projections.loans import (
+    exposure_deltas,
+    history_row,
+    loan_row,
+    new_version,
+    stored_summary,
+    superseded,
+)
 from lendstream.topics import LOAN_PROCESSOR_INPUTS
 
 SPECS = {spec.name: spec for spec in LOAN_PROCESSOR_INPUTS}
@@ -131,6 +140,9 @@ class Merge:
             yield message
 
 
+_UNSEEN: Keyed[Loan] = Keyed()
+
+
 @dataclass
 class Fold:
     """The loan processor's fold without I/O: each loan's `Keyed` state in memory."""
@@ -139,17 +151,100 @@ class Fold:
     policy: Policy = DEFAULT_POLICY
     states: dict[str, Keyed[Loan]] = field(default_factory=dict)
 
-    def apply(self, messages: Sequence[Message]) -> LoanRows:
-        """Fold `messages` in order; the read-model rows they produce (versions only: the
-        rebuild replaces `loan_summary`, `loan_history` and `customer_exposure`)."""
-        outcomes: list[Outcome[Loan]] = []
+    def apply(self, messages: Sequence[Message]) -> list[Loan]:
+        """Fold `messages` in order; the loan versions they make, in order (`new_version`, as
+        the live projection's `rows_for` keeps them): all that the rebuilt tables are made of."""
+        versions: list[Loan] = []
+        states, evolve, policy = self.states, self.evolve, self.policy
         for message in messages:
             now = datetime.fromtimestamp(message.timestamp, UTC)
-            keyed = self.states.get(message.key, Keyed())
-            self.states[message.key], more = handle(keyed, message, self.evolve, now, self.policy)
-            outcomes.extend(more)
-        rows = rows_for(outcomes, datetime.now(UTC))
-        return LoanRows(versions=rows.versions, count_payouts=False)
+            keyed = states.get(message.key, _UNSEEN)
+            states[message.key], outcomes = handle(keyed, message, evolve, now, policy)
+            for outcome in outcomes:
+                if isinstance(outcome, Applied):
+                    version = new_version(outcome)
+                    if version is not None:
+                        versions.append(version)
+        return versions
+
+
+#: A `loan_history` row (`history_row`) and a (loan, version, valid_to) to close.
+HistoryRow = tuple[Any, ...]
+Close = tuple[str, int, datetime]
+
+
+@dataclass
+class RoundEnd:
+    """What the shadow tables get at the end of a round: the history rows of the newest
+    version of each loan the round changed (open), those versions as `loan_summary` rows
+    (`loan_row`), and the new totals of every (customer, currency) whose exposure they touched,
+    as (customer, currency, active loans, outstanding cents)."""
+
+    history: list[HistoryRow]
+    summaries: list[tuple[Any, ...]]
+    exposures: list[tuple[str, str, int, int]]
+
+
+@dataclass
+class ShadowRows:
+    """The rows of the rebuilt tables, from the fold's versions in order (pure).
+
+    The live writer's outcome for the positions a round reached, with the round as its batch:
+
+    - `loan_history`: a version is final once the next version of its loan closes it
+      (`superseded`), so `add` returns the batch's rows that became final (to be inserted) and
+      keeps each loan's newest version in memory; `end_round` returns those as open rows. A
+      version a later round supersedes was written open: `add` returns it to close, as the live
+      writer closes a version an earlier batch wrote. Memory: one version per loan, not one per
+      event; each (loan, version) is returned exactly once.
+    - `loan_summary`: each loan's newest version, at the end of every round that changed it.
+    - `customer_exposure`: the live `exposure_deltas` between what the earlier rounds wrote and
+      the round's summaries, added to the totals written so far.
+    """
+
+    held: dict[str, Loan] = field(default_factory=dict)  # this round's newest, not yet written
+    written: dict[str, Loan] = field(default_factory=dict)  # summaries of the earlier rounds
+    exposures: dict[tuple[str, str], tuple[int, int]] = field(default_factory=dict)
+
+    def add(self, versions: Sequence[Loan]) -> tuple[list[HistoryRow], list[Close]]:
+        """The history rows `versions` make final, and the earlier rounds' open ones they close."""
+        rows: list[HistoryRow] = []
+        closes: list[Close] = []
+        held, written = self.held, self.written
+        for version in versions:
+            closed = superseded(version)
+            before = held.get(version.loan_id)
+            if before is not None:
+                closes_it = closed == (before.loan_id, before.version)
+                rows.append(history_row(before, version.updated_at if closes_it else None))
+            else:
+                earlier = written.get(version.loan_id)
+                if earlier is not None and closed == (earlier.loan_id, earlier.version):
+                    closes.append((*closed, version.updated_at))
+            held[version.loan_id] = version
+        return rows, closes
+
+    def end_round(self) -> RoundEnd:
+        summaries = list(self.held.values())
+        stored = {
+            v.loan_id: stored_summary(self.written[v.loan_id])
+            for v in summaries
+            if v.loan_id in self.written
+        }
+        _, deltas = exposure_deltas(summaries, stored)
+        exposures = []
+        for (customer, currency), (active, outstanding) in deltas.items():
+            was_active, was_outstanding = self.exposures.get((customer, currency), (0, 0))
+            total = (was_active + active, was_outstanding + outstanding)
+            self.exposures[(customer, currency)] = total
+            exposures.append((customer, currency, *total))
+        self.written.update(self.held)
+        self.held = {}
+        return RoundEnd(
+            history=[history_row(v, None) for v in summaries],
+            summaries=[loan_row(v) for v in summaries],
+            exposures=exposures,
+        )
 
 
 def progress_line(done: int, total: int, seconds: float, phase: str) -> str:

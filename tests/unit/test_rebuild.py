@@ -1,23 +1,36 @@
-"""Pure parts of `lendstream projections rebuild`: the topic merge, the fold, the progress line,
-and bad input on the command line."""
+"""Pure parts of `lendstream projections rebuild`: the topic merge, the fold, the rows of the
+rebuilt tables, the progress line, and bad input on the command line."""
 
 from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
 
 import pytest
 from aiokafka.structs import TopicPartition
 
 from lendstream.cli import main
-from lendstream.domain.loans import evolve
-from lendstream.domain.sequencing import Message, Position
+from lendstream.domain.loans import Loan, evolve
+from lendstream.domain.sequencing import Keyed, Message, Position
+from lendstream.projections.loans import exposure_deltas, history_rows, loan_row, rows_for
 from lendstream.projections.replay import (
     Fold,
     Merge,
+    ShadowRows,
     UnknownProjection,
     progress_line,
     projection_named,
 )
 from lendstream.topics import Event
-from tests.unit.domain.factories import T0, applied, approved, repayment
+from tests.unit.domain.factories import (
+    NOW,
+    T0,
+    applied,
+    approved,
+    feed,
+    lifecycle_versions,
+    repayment,
+)
 
 LOANS, PAYMENTS, CONTROL = "loan-events", "payment-events", "loan-control"
 
@@ -74,14 +87,88 @@ def keyed_message(event: Event, topic: str, offset: int) -> Message:
 
 def test_fold_gives_the_versions_the_live_processor_writes() -> None:
     fold = Fold(evolve)
-    rows = fold.apply([keyed_message(applied(), LOANS, 0), keyed_message(approved(), LOANS, 1)])
-    assert [v.version for v in rows.versions] == [1, 2]
-    assert rows.event_log == [] and rows.dead_letters == []  # only the rebuilt tables
+    versions = fold.apply([keyed_message(applied(), LOANS, 0), keyed_message(approved(), LOANS, 1)])
+    assert [v.version for v in versions] == [1, 2]
     # a repayment before its payout parks (no version), across batches the state is kept
-    rows = fold.apply([keyed_message(repayment(), PAYMENTS, 0)])
-    assert rows.versions == []
+    assert fold.apply([keyed_message(repayment(), PAYMENTS, 0)]) == []
     state = fold.states["L1"]
     assert state.state is not None and state.state.version == 2 and len(state.queue) == 1
+
+
+def test_fold_versions_are_the_live_projections_versions() -> None:
+    """A duplicate and a parked event that a later event releases: the same versions as the
+    live processor's `rows_for` over the same outcomes."""
+    first = applied()
+    events = [first, repayment(), approved(), first]  # the repayment parks; a duplicate
+    messages = [keyed_message(e, LOANS, offset) for offset, e in enumerate(events)]
+    _, outcomes = feed(Keyed(), messages)
+    live = rows_for(outcomes, NOW).versions
+    assert Fold(evolve).apply(messages) == live and [v.version for v in live] == [1, 2]
+
+
+Tables = dict[str, dict[Any, Any]]
+
+
+def live_tables(versions: Sequence[Loan]) -> Tables:
+    """What the live writer leaves in empty tables after one batch of `versions`."""
+    rows, to_close = history_rows(versions)
+    assert to_close == []  # every loan starts in the batch
+    latest = {v.loan_id: v for v in versions}
+    _, deltas = exposure_deltas(list(latest.values()), {})
+    return {
+        "loan_history": {(r[0], r[17]): r for r in rows},
+        "loan_summary": {k: loan_row(v) for k, v in latest.items()},
+        "customer_exposure": {k: tuple(d) for k, d in deltas.items()},
+    }
+
+
+def shadow_round(shadow: ShadowRows, tables: Tables, batches: Sequence[Sequence[Loan]]) -> None:
+    """One round of `batches` through `shadow`, applied to `tables` as `ShadowWriter` does:
+    inserts that never meet an existing row, closes of open versions, replaced rows."""
+    history = tables["loan_history"]
+
+    def insert(rows: list[tuple[Any, ...]]) -> None:
+        for row in rows:
+            assert (row[0], row[17]) not in history, "a history row is written twice"
+            history[(row[0], row[17])] = row
+
+    for batch in batches:
+        rows, closes = shadow.add(batch)
+        insert(rows)
+        for loan_id, version, valid_to in closes:
+            row = history.get((loan_id, version))
+            if row is not None and row[-1] is None:
+                history[(loan_id, version)] = (*row[:-1], valid_to)
+    end = shadow.end_round()
+    insert(end.history)
+    tables["loan_summary"].update({row[0]: row for row in end.summaries})
+    tables["customer_exposure"].update({(c, cur): (a, o) for c, cur, a, o in end.exposures})
+
+
+@pytest.mark.parametrize("batch", [1, 2, 5, 100])
+@pytest.mark.parametrize("rounds", [(), (3,), (4, 9), (1, 2, 8, 16)])
+def test_shadow_rows_leave_the_tables_of_the_live_writer_at_every_round_end(
+    batch: int, rounds: tuple[int, ...]
+) -> None:
+    """Whatever the batches and rounds, each round ends with the tables the live writer leaves
+    for the versions reached: versions closed across batches and rounds, summaries and
+    exposures (a settled loan back to zeros, a rejected one with a row of zeros) replaced."""
+    versions = lifecycle_versions()
+    shadow = ShadowRows()
+    tables: Tables = {"loan_history": {}, "loan_summary": {}, "customer_exposure": {}}
+    starts = [0, *rounds]
+    for start, end in zip(starts, [*rounds, len(versions)], strict=True):
+        part = versions[start:end]
+        shadow_round(shadow, tables, [part[i : i + batch] for i in range(0, len(part), batch)])
+        assert tables == live_tables(versions[:end])
+        assert shadow.held == {}  # memory: the written summaries only
+        assert shadow.written == {v.loan_id: v for v in versions[:end]}
+    exposure = tables["customer_exposure"]
+    assert exposure == {
+        ("C1", "EUR"): (1, 90_000),
+        ("C1", "USD"): (1, 110_000),
+        ("C2", "USD"): (0, 0),
+    }
 
 
 def test_progress_line_shows_done_total_rate_and_eta() -> None:

@@ -1,6 +1,7 @@
 """`lendstream projections rebuild` (issue 7, "done when" 5): a rebuild of loan_summary during
 live traffic ends with tables equal to the live ones, and an analyst reading all the while never
-gets an error or an empty table. Real broker, PostgreSQL, worker and CLI process."""
+gets an error or an empty table. Real broker, PostgreSQL, worker and CLI process. And its bulk
+writer against the live writer's statements, on a real PostgreSQL."""
 
 from __future__ import annotations
 
@@ -13,9 +14,14 @@ import asyncpg
 import pytest
 
 from lendstream.devstack import worker_env
-from lendstream.projections.rebuild import rebuild
+from lendstream.embedded import Postgres
+from lendstream.projections.loans import BatchRows, LoanRows, make_apply
+from lendstream.projections.migrate import migrate
+from lendstream.projections.rebuild import ShadowWriter, rebuild
+from lendstream.projections.replay import REBUILT_TABLES, ShadowRows
 from tests.harness import Pipeline
 from tests.traffic import build
+from tests.unit.domain.factories import lifecycle_versions
 from tests.verify import assert_read_models_match
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
@@ -61,6 +67,84 @@ async def snapshot(pipeline: Pipeline) -> dict[str, list[dict[str, Any]]]:
     return {table: await pipeline.fetch(sql) for table, sql in SNAPSHOTS.items()}
 
 
+#: The definition of a schema's rebuilt tables: columns, constraints, indexes (names included).
+DEFINITION = (
+    "SELECT c.relname, 'column' AS kind, a.attname AS name, "
+    "format_type(a.atttypid, a.atttypmod) || CASE WHEN a.attnotnull THEN ' not null' ELSE '' END "
+    "|| coalesce(' default ' || pg_get_expr(d.adbin, d.adrelid), '') AS definition "
+    "FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid "
+    "LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum "
+    "WHERE c.relnamespace = $1::regnamespace AND c.relname = ANY($2::text[]) "
+    "AND a.attnum > 0 AND NOT a.attisdropped "
+    "UNION ALL SELECT c.relname, 'constraint', k.conname, pg_get_constraintdef(k.oid) "
+    "FROM pg_constraint k JOIN pg_class c ON c.oid = k.conrelid "
+    "WHERE c.relnamespace = $1::regnamespace AND c.relname = ANY($2::text[]) "
+    "UNION ALL SELECT c.relname, 'index', i.relname, "
+    "replace(pg_get_indexdef(i.oid), $1 || '.', '') "
+    "FROM pg_index x JOIN pg_class c ON c.oid = x.indrelid JOIN pg_class i ON i.oid = x.indexrelid "
+    "WHERE c.relnamespace = $1::regnamespace AND c.relname = ANY($2::text[]) "
+    "ORDER BY 1, 2, 3"
+)
+
+
+async def definition(conn: asyncpg.Connection, schema: str) -> list[tuple[Any, ...]]:
+    return [tuple(r) for r in await conn.fetch(DEFINITION, schema, list(REBUILT_TABLES))]
+
+
+async def table_rows(conn: asyncpg.Connection, schema: str) -> dict[str, list[tuple[Any, ...]]]:
+    await conn.execute(f'SET search_path TO "{schema}"')
+    return {table: [tuple(r) for r in await conn.fetch(sql)] for table, sql in SNAPSHOTS.items()}
+
+
+async def test_the_shadow_writer_leaves_the_live_writers_tables_at_every_round_end(
+    postgres: Postgres, pg_schema: str
+) -> None:
+    """The same versions through the live writer's statements (`make_apply`, batches of 3) and
+    through `ShadowRows` + `ShadowWriter` (rounds of batches of 2, COPY and the later rounds'
+    closes and replacements) give equal tables after every round; after the first round the
+    shadow tables have the live ones' definition, index and constraint names included."""
+    versions = lifecycle_versions()
+    shadow = f"{pg_schema}__rebuild"
+    conn = await asyncpg.connect(postgres.dsn)
+    try:
+        await migrate(conn, pg_schema)
+        live_apply = make_apply(pg_schema)
+        writer, rows = ShadowWriter(pg_schema, shadow), ShadowRows()
+        await writer.create(conn)
+        for start, end in [(0, 7), (7, 13), (13, 16), (16, len(versions))]:
+            for i in range(start, end, 3):
+                batch = LoanRows(versions=versions[i : min(i + 3, end)], count_payouts=False)
+                async with conn.transaction():
+                    await live_apply(conn, [BatchRows(batch, [])])
+            for i in range(start, end, 2):
+                await writer.write_batch(conn, *rows.add(versions[i : min(i + 2, end)]))
+            await writer.write_round(conn, rows.end_round())
+            if start == 0:
+                await writer.build_indexes(conn)
+                assert await definition(conn, shadow) == await definition(conn, pg_schema)
+            assert await table_rows(conn, shadow) == await table_rows(conn, pg_schema)
+        exposure = await table_rows(conn, shadow)
+        assert exposure["customer_exposure"] == [
+            ("C1", "EUR", 1, 90_000), ("C1", "USD", 1, 110_000), ("C2", "USD", 0, 0),
+        ]  # fmt: skip
+        stamped = await conn.fetchval(
+            f'SELECT count(*) FROM "{shadow}".customer_exposure WHERE updated_at IS NOT NULL'
+        )
+        assert stamped == 3
+    finally:
+        await conn.execute(f'DROP SCHEMA IF EXISTS "{shadow}" CASCADE')
+        await conn.close()
+
+
+async def schema_definition(pipeline: Pipeline) -> list[tuple[Any, ...]]:
+    settings = pipeline.settings
+    conn = await asyncpg.connect(settings.pg_dsn)
+    try:
+        return await definition(conn, settings.pg_schema)
+    finally:
+        await conn.close()
+
+
 async def table_oid(pipeline: Pipeline) -> int:
     rows = await pipeline.fetch("SELECT 'loan_summary'::regclass::oid AS oid")
     return int(rows[0]["oid"])
@@ -92,6 +176,7 @@ async def test_rebuild_during_live_traffic_swaps_in_equal_tables(pipeline: Pipel
     await pipeline.produce(traffic.stream[:half])
     await pipeline.wait_caught_up(timeout=240)
     before = await table_oid(pipeline)
+    defined = await schema_definition(pipeline)
 
     stop = asyncio.Event()
     reader = asyncio.create_task(
@@ -108,6 +193,7 @@ async def test_rebuild_during_live_traffic_swaps_in_equal_tables(pipeline: Pipel
     assert "rebuilt loan_summary, loan_history, customer_exposure" in out
     assert "events" in err and "ev/s" in err and "ETA" in err  # the progress line
     assert await table_oid(pipeline) != before, "the tables were not swapped"
+    assert await schema_definition(pipeline) == defined  # the migrations' names included
     assert seen["reads"] > 0
     assert seen["errors"] == [], seen["errors"][:3]
     assert seen["empty"] == [], seen["empty"][:3]

@@ -245,3 +245,29 @@ def feed(
         keyed, more = receive(keyed, message, evolve, NOW)
         outcomes.extend(more)
     return keyed, outcomes
+
+
+def lifecycle_versions() -> list[Loan]:
+    """The row versions of four loans of two customers in two currencies, interleaved (each
+    loan's own order kept): one repaying, one settled, one rejected, one paid out."""
+    lifecycles = [
+        [applied("L1"), approved("L1"), payout_requested("L1"), paid_out("L1"),
+         repayment("L1"), repayment("L1", when=at(61))],
+        [applied("L2"), approved("L2"), payout_requested("L2"), paid_out("L2"),
+         repayment("L2", amount=110_000)],
+        [applied("L3", customer="C2", currency="USD"), rejected("L3")],
+        [applied("L4", currency="USD"), approved("L4"), payout_requested("L4", currency="USD"),
+         paid_out("L4", currency="USD")],
+    ]  # fmt: skip
+    per_loan: list[list[Loan]] = []
+    for events in lifecycles:
+        loan: Loan | None = None
+        versions = []
+        for event in events:
+            after = evolve(loan, event)
+            if loan is None or after.version != loan.version:
+                versions.append(after)
+            loan = after
+        per_loan.append(versions)
+    interleaved = itertools.zip_longest(*per_loan)
+    return [v for step in interleaved for v in step if v is not None]
