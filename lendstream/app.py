@@ -57,8 +57,8 @@ PRODUCER_MAX_BATCH_BYTES = 512 * 1024
 
 class _ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
     """End offsets from fetch high watermarks (see `lendstream.kafka`), so that table recovery
-    reads each changelog to its true end on every broker; a shorter fetch wait; LeaveGroup first
-    when the consumer closes (`kafka.leave_group_first_on_close`)."""
+    reads each changelog to its true end on every broker; a shorter fetch wait; LeaveGroup on
+    close in generation 0 too (`kafka.leave_group_in_any_generation`)."""
 
     def _create_worker_consumer(self, transport: Any) -> Any:
         consumer = super()._create_worker_consumer(transport)
@@ -72,7 +72,7 @@ class _ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
     async def on_thread_stop(self) -> None:
         coordinator = getattr(self._consumer, "_coordinator", None)
         if coordinator is not None:
-            kafka.leave_group_first_on_close(coordinator)
+            kafka.leave_group_in_any_generation(coordinator)
         await super().on_thread_stop()
 
     async def _highwaters(self, partitions: list[Any]) -> Any:

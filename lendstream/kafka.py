@@ -201,50 +201,33 @@ async def _collect_heads(
     return result
 
 
-def leave_group_first_on_close(coordinator: Any) -> None:
-    """Make aiokafka's group coordinator leave the group *first* when it closes, whenever it is
-    a member — so that a worker stopped with SIGTERM hands its partitions over at once.
+def leave_group_in_any_generation(coordinator: Any) -> None:
+    """Make aiokafka's group coordinator send LeaveGroup on close in generation 0 as well.
 
-    aiokafka's `close` first waits for its coordination task, then sends LeaveGroup, and only
-    when `generation > 0`. Two ways a stopped worker then never left (seen in the scale
-    benchmark, `--scale-chaos`), so that its partitions waited a whole session timeout, or
-    longer, as if it had been killed:
-    - SIGTERM during a rebalance: the coordination task waits for a JoinGroup answer that the
-      broker holds back until the rebalance completes (for a killed member, a session timeout);
-      Faust gives up on its consumer thread first, and the process exits without LeaveGroup,
-      still a member of the next generation, with partitions assigned that nobody processes.
-    - Tansu numbers a group's first generation 0 (Apache Kafka from 1), so `generation > 0`
-      skipped the LeaveGroup of a worker stopped in it.
-    Here `close` stops the coordination loop (no rejoin), sends LeaveGroup if the consumer has a
-    member id (the Java client's condition; LeaveGroup carries the member id, not the
-    generation; a pending JoinGroup is answered when its member leaves), then waits for the
-    coordination task up to `LEAVE_TIMEOUT_SECONDS` and stops the heartbeat and refresh tasks
-    as aiokafka does. A failed LeaveGroup is logged and the close goes on (the broker then
-    expires the member after its session timeout, as before). Static members
-    (`group_instance_id`) do not leave, as in aiokafka.
+    aiokafka leaves the group on close only when `generation > 0`: Apache Kafka numbers a
+    group's generations from 1. Tansu numbers the first one 0, so a worker stopped with SIGTERM
+    in the group's first generation never left it: its partitions waited a whole session timeout
+    before another worker got them, as if it had been killed (seen in the scale benchmark,
+    `--scale-chaos`). LeaveGroup carries the member id, not the generation, so sending it from a
+    member in generation 0 is what aiokafka does in every later one; on Apache Kafka nothing
+    changes. The order of aiokafka's close is kept (the coordination task ends first, then the
+    LeaveGroup): leaving while a JoinGroup is still pending was tried and left Tansu's group
+    rebalancing for ever (its remaining member re-joined the same generation every 8 s).
+    Like aiokafka's, the attempt is made once; a failure is logged and the close goes on.
     """
+    leave_as_aiokafka_does = coordinator._maybe_leave_group
 
-    async def close() -> None:
-        if coordinator._closing.done():
-            return
-        coordinator._closing.set_result(None)
+    async def maybe_leave_group() -> None:
         member = coordinator.member_id != JoinGroupRequest.UNKNOWN_MEMBER_ID
-        if member and coordinator._group_instance_id is None:
-            request = LeaveGroupRequest(coordinator.group_id, coordinator.member_id)
-            try:
-                await asyncio.wait_for(coordinator._send_req(request), LEAVE_TIMEOUT_SECONDS)
-            except (KafkaError, TimeoutError) as err:
-                log.error("LeaveGroup request failed: %r", err)
-            else:
-                log.info("LeaveGroup request succeeded (before closing)")
-        task = coordinator._coordination_task
-        if not task.done():
-            try:
-                await asyncio.wait_for(task, LEAVE_TIMEOUT_SECONDS)
-            except TimeoutError:
-                log.warning("group coordination did not end after LeaveGroup; cancelled")
-        await coordinator._stop_heartbeat_task()
-        await coordinator._stop_commit_offsets_refresh_task()
+        if coordinator.generation != 0 or not member or coordinator._group_instance_id is not None:
+            return await leave_as_aiokafka_does()
+        request = LeaveGroupRequest(coordinator.group_id, coordinator.member_id)
+        try:
+            await asyncio.wait_for(coordinator._send_req(request), LEAVE_TIMEOUT_SECONDS)
+        except (KafkaError, TimeoutError) as err:
+            log.error("LeaveGroup request (generation 0) failed: %r", err)
+        else:
+            log.info("LeaveGroup request (generation 0) succeeded")
         coordinator.reset_generation()
 
-    coordinator.close = close
+    coordinator._maybe_leave_group = maybe_leave_group
