@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import json
 import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -35,6 +36,7 @@ def main(argv: list[str] | None = None) -> int:
         scale_chaos=args.scale_chaos,
         profile=out.with_name(f"{out.stem}-profile") if args.profile else None,
     )
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)  # stop the workers, broker and PostgreSQL
     with embedded_stack() as (broker, pg):
         root = broker.log_path.parent.parent
         services = {"broker": broker.proc.pid, "postgres": pg.pid}
@@ -77,6 +79,10 @@ def _parser() -> argparse.ArgumentParser:
         help="run only these, e.g. abc ((c), (d) and (e) need (b): (e) rebuilds its schema)",
     )
     return p
+
+
+def _exit_on_sigterm(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)
 
 
 def _say(text: str) -> None:

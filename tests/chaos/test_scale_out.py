@@ -11,8 +11,10 @@ own payout events (the saga off):
   most once, the accepted ones are exactly the paid-out loans, and every other check of
   `tests/saga_scenario.py` holds.
 
-Whether three workers finish sooner than one is a measurement, not an assertion here:
-`python -m tests.bench --stages bg --scale-workers 3` (README, "Benchmarks").
+Whether three workers finish sooner than one is a measurement, not an assertion here: the
+benchmark runs one worker, then three through the same SIGKILL, SIGTERM and restarts, on the
+same backlog: `python -m tests.bench --events 100000 --stages bg --scale-workers 3 --scale-chaos`
+(README, "Benchmarks"; results in docs/performance.md).
 """
 
 from __future__ import annotations
