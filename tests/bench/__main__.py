@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import json
 import os
+import shutil
 import signal
 import sys
 import time
@@ -40,11 +41,14 @@ def main(argv: list[str] | None = None) -> int:
     with embedded_stack() as (broker, pg):
         root = broker.log_path.parent.parent
         services = {"broker": broker.proc.pid, "postgres": pg.pid}
-        results = asyncio.run(
-            run_benchmark(
-                options, broker.url, pg.dsn, root, _say, args.partitions, service_pids=services
+        try:
+            results = asyncio.run(
+                run_benchmark(
+                    options, broker.url, pg.dsn, root, _say, args.partitions, service_pids=services
+                )
             )
-        )
+        finally:
+            _keep_worker_logs(root, out.with_name(f"{out.stem}-logs"))
     results.environment["load_average_at_end"] = os.getloadavg()
     _write(out, results)
     print(format_table(results))
@@ -79,6 +83,16 @@ def _parser() -> argparse.ArgumentParser:
         help="run only these, e.g. abc ((c), (d) and (e) need (b): (e) rebuilds its schema)",
     )
     return p
+
+
+def _keep_worker_logs(root: Path, to: Path) -> None:
+    """Copy the workers' logs out of the stack's directory, which is removed on exit (a
+    fail-stop or a slow rebalance is read from them)."""
+    logs = sorted(root.glob("*.log"))
+    if logs:
+        to.mkdir(parents=True, exist_ok=True)
+        for log in logs:
+            shutil.copy2(log, to / log.name)
 
 
 def _exit_on_sigterm(signum: int, frame: object) -> None:
