@@ -78,9 +78,9 @@ _REBUILT = re.compile(r"^rebuilt .*: ([\d,]+) events in ([\d.]+) s \(([\d,]+) ev
 REBUILD_ACTIVITIES: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("decode: Kafka record -> Message (codec, validation)", ("to_message (",)),
     ("merge by timestamp (replay.Merge)", ("Merge.",)),
-    ("fold: rows_for (builds every row kind; only versions kept)", ("rows_for (",)),
-    ("fold: sequencing.handle + evolve", ("Fold.apply (",)),
-    ("PostgreSQL writes, client side (apply, asyncpg)", ("apply_rows (", ";apply (")),
+    ("rows: history, summaries, exposures (ShadowRows)", ("ShadowRows.",)),
+    ("fold: sequencing.handle + evolve + new_version", ("Fold.apply (",)),
+    ("PostgreSQL writes, client side (ShadowWriter, asyncpg)", ("ShadowWriter.",)),
     ("aiokafka: fetch and record parsing", ("getmany", "Fetcher", "AIOKafkaConnection")),
     ("asyncpg: other (connection, protocol)", ("asyncpg",)),
     ("event loop scheduling (select, run_once)", ("EpollSelector.select", "_run_once")),
