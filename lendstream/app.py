@@ -12,6 +12,7 @@ from typing import Any
 import asyncpg
 import faust
 import orjson
+from aiokafka.errors import KafkaError
 from aiokafka.structs import TopicPartition
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.web import Request, Response, View
@@ -294,8 +295,16 @@ def _watch_for_stalls(
                 client_options=kafka_client_options(settings),
             )
             positions = await writer.stored()
-        except (TimeoutError, OSError) as exc:
-            log.debug("stall watch skipped: %s", exc)
+        except (
+            TimeoutError,
+            OSError,
+            KafkaError,
+            asyncpg.PostgresError,
+            asyncpg.InterfaceError,
+        ) as exc:
+            # A broker or PostgreSQL that is down is /health's to report (the probes); raising
+            # here would crash the app (seen: KafkaConnectionError while the broker was stopped).
+            log.debug("stall watch skipped: %r", exc)
             return
         by_tp = {(tp.topic, tp.partition): end for tp, end in ends.items()}
         for topic, partition in watch.check(positions, by_tp, time.monotonic()):
