@@ -24,6 +24,7 @@ import logging
 from dataclasses import replace
 from datetime import UTC, datetime
 from functools import partial
+from typing import Any
 
 import faust
 import orjson
@@ -47,6 +48,7 @@ from lendstream.domain.sequencing import (
     Duplicate,
     Evolve,
     Keyed,
+    Message,
     Outcome,
     Parked,
     Policy,
@@ -70,6 +72,8 @@ from lendstream.topics import LOAN_PROCESSOR_INPUTS
 
 log = logging.getLogger(__name__)
 SPECS = {spec.name: spec for spec in LOAN_PROCESSOR_INPUTS}
+#: A loan's state and its payout saga, as the table holds them.
+LoanAndSaga = tuple[Keyed[Loan], PayoutSaga | None]
 
 
 class LoanProcessor:
@@ -106,33 +110,10 @@ class LoanProcessor:
         messages = [to_message(event, SPECS) for event in events]
         last_event = {m.key: event for m, event in zip(messages, events, strict=True)}
         loaded, stale_in_table = await self.load(last_event)
-        states = {key: keyed for key, (keyed, _) in loaded.items()}
-        sagas = {key: saga for key, (_, saga) in loaded.items()}
-        outcomes: list[Outcome[Loan]] = []
-        commands: list[tuple[int, Command]] = []
-        for message in messages:
-            key = message.key
-            states[key], sagas[key], more, saga_commands = handle_message(
-                states[key], sagas[key], message, self.evolve, now, self.policy,
-                self.saga_policy, saga_enabled=self.gateway is not None,
-            )  # fmt: skip
-            outcomes.extend(more)
-            commands.extend((message.position.partition, c) for c in saga_commands)
-        encoded, changed, saga_rows = {}, [], []
-        for key, keyed in states.items():
-            old_keyed, old_saga = loaded[key]
-            is_changed = keyed != old_keyed or sagas[key] != old_saga
-            if is_changed:
-                keyed = replace(keyed, seq=old_keyed.seq + 1)
-            if is_changed or key in stale_in_table:
-                encoded[key] = loans_table.encode(keyed, sagas[key])  # PostgreSQL and table
-            if is_changed:
-                partition = last_event[key].message.partition
-                due = next_due(keyed, sagas[key], self.policy)
-                changed.append(StateRow(key, keyed.seq, encoded[key], partition, due))
-                saga = sagas[key]
-                if saga is not None and saga != old_saga:
-                    saga_rows.append(saga_row(saga, keyed.seq))
+        folded, outcomes, commands = self.fold(loaded, messages, now)
+        encoded, changed, saga_rows = self.encode_changed(
+            loaded, folded, stale_in_table, last_event
+        )
         rows = rows_for(outcomes, now)
         calls = self.outbox.add_commands(commands)
         for note in notifications(outcomes):
@@ -146,9 +127,55 @@ class LoanProcessor:
         self.count(outcomes)
         await self.publish_dead_letters(rows)
 
+    def fold(
+        self, loaded: dict[str, LoanAndSaga], messages: list[Message], now: datetime
+    ) -> tuple[dict[str, LoanAndSaga], list[Outcome[Loan]], list[tuple[int, Command]]]:
+        """Fold `messages` in order into the `loaded` states and sagas: each key's new state
+        and saga, the outcomes, and the saga commands with their partition (pure)."""
+        folded = dict(loaded)
+        outcomes: list[Outcome[Loan]] = []
+        commands: list[tuple[int, Command]] = []
+        for message in messages:
+            keyed, saga = folded[message.key]
+            keyed, saga, more, saga_commands = handle_message(
+                keyed, saga, message, self.evolve, now, self.policy,
+                self.saga_policy, saga_enabled=self.gateway is not None,
+            )  # fmt: skip
+            folded[message.key] = (keyed, saga)
+            outcomes.extend(more)
+            commands.extend((message.position.partition, c) for c in saga_commands)
+        return folded, outcomes, commands
+
+    def encode_changed(
+        self,
+        loaded: dict[str, LoanAndSaga],
+        folded: dict[str, LoanAndSaga],
+        stale_in_table: set[str],
+        last_event: dict[str, EventT],
+    ) -> tuple[dict[str, bytes], list[StateRow], list[tuple[Any, ...]]]:
+        """The table values to write (changed keys, with `seq` + 1, and keys taken from
+        PostgreSQL), the changed keys' `loan_state` rows and the changed sagas' rows (pure)."""
+        encoded: dict[str, bytes] = {}
+        changed: list[StateRow] = []
+        saga_rows: list[tuple[Any, ...]] = []
+        for key, (keyed, saga) in folded.items():
+            old_keyed, old_saga = loaded[key]
+            is_changed = keyed != old_keyed or saga != old_saga
+            if is_changed:
+                keyed = replace(keyed, seq=old_keyed.seq + 1)
+            if is_changed or key in stale_in_table:
+                encoded[key] = loans_table.encode(keyed, saga)  # PostgreSQL and table
+            if is_changed:
+                partition = last_event[key].message.partition
+                due = next_due(keyed, saga, self.policy)
+                changed.append(StateRow(key, keyed.seq, encoded[key], partition, due))
+                if saga is not None and saga != old_saga:
+                    saga_rows.append(saga_row(saga, keyed.seq))
+        return encoded, changed, saga_rows
+
     async def load(
         self, events_by_key: dict[str, EventT]
-    ) -> tuple[dict[str, tuple[Keyed[Loan], PayoutSaga | None]], set[str]]:
+    ) -> tuple[dict[str, LoanAndSaga], set[str]]:
         """Each key's state and saga: the table's, or PostgreSQL's where that one is newer; and
         the keys taken from PostgreSQL (their table value is written back even if unchanged)."""
         states, stale_in_table = await load_states(

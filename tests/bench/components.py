@@ -4,8 +4,8 @@ phase, on simulated traffic, so the profile's percentages can be read as microse
 
 The phases call the worker's own code: `to_message` (decode + validate), `LoanProcessor.load`
 (table values decoded, here from a dict standing in for the RocksDB table, PostgreSQL having no
-newer state), `handle_message` (fold), `loans_table.encode` with `next_due`, `StateRow` and
-`saga_row` (table values encoded), and `rows_for` (projection rows). The processor is built as
+newer state), `LoanProcessor.fold` (fold), `LoanProcessor.encode_changed` (table values
+encoded), and `rows_for` (projection rows). The processor is built as
 `app.create_app` builds it for the benchmark (settings defaults, `payout_saga` off: the
 simulated traffic carries its payout events).
 
@@ -27,7 +27,7 @@ import re
 import tempfile
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, cast
@@ -39,16 +39,14 @@ from lendstream.agents.batch import to_message
 from lendstream.agents.loans import SPECS, LoanProcessor
 from lendstream.agents.payouts import Outbox
 from lendstream.app import saga_policy
-from lendstream.domain.loans import Loan, evolve
-from lendstream.domain.sequencing import Outcome, Policy
+from lendstream.domain.loans import evolve
+from lendstream.domain.sequencing import Policy
 from lendstream.embedded import start_postgres
 from lendstream.pg import drop_schema
-from lendstream.projections.loans import BatchRows, StateRow, make_apply, rows_for, saga_row
+from lendstream.projections.loans import BatchRows, make_apply, rows_for
 from lendstream.projections.migrate import migrate
-from lendstream.sagas.loans import handle_message, next_due
 from lendstream.settings import Settings
 from lendstream.simulation import Simulation
-from lendstream.tables import loans as loans_table
 from tests.bench.measure import cpu_seconds
 
 Raw = tuple[str, bytes, bytes]
@@ -180,35 +178,12 @@ async def process(
     last_event = {m.key: event for m, event in zip(messages, events, strict=True)}
     with clock.phase(PHASES[2]):
         loaded, stale_in_table = await loans.load(cast(Any, last_event))
-    states = {key: keyed for key, (keyed, _) in loaded.items()}
-    sagas = {key: saga for key, (_, saga) in loaded.items()}
-    outcomes: list[Outcome[Loan]] = []
     with clock.phase(PHASES[3]):
-        for message in messages:
-            key = message.key
-            states[key], sagas[key], more, _commands = handle_message(
-                states[key], sagas[key], message, loans.evolve, now, loans.policy,
-                loans.saga_policy, saga_enabled=loans.gateway is not None,
-            )  # fmt: skip
-            outcomes.extend(more)
-    encoded: dict[str, bytes] = {}
-    changed: list[StateRow] = []
-    saga_rows: list[tuple[Any, ...]] = []
+        folded, outcomes, _commands = loans.fold(loaded, messages, now)
     with clock.phase(PHASES[4]):
-        for key, keyed in states.items():
-            old_keyed, old_saga = loaded[key]
-            is_changed = keyed != old_keyed or sagas[key] != old_saga
-            if is_changed:
-                keyed = replace(keyed, seq=old_keyed.seq + 1)
-            if is_changed or key in stale_in_table:
-                encoded[key] = loans_table.encode(keyed, sagas[key])
-            if is_changed:
-                partition = last_event[key].message.partition
-                due = next_due(keyed, sagas[key], loans.policy)
-                changed.append(StateRow(key, keyed.seq, encoded[key], partition, due))
-                saga = sagas[key]
-                if saga is not None and saga != old_saga:
-                    saga_rows.append(saga_row(saga, keyed.seq))
+        encoded, changed, saga_rows = loans.encode_changed(
+            loaded, folded, stale_in_table, cast(Any, last_event)
+        )
     with clock.phase(PHASES[5]):
         rows = rows_for(outcomes, now)
     for key, value in encoded.items():  # the table write (`TableWriter`), not timed here
