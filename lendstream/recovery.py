@@ -120,8 +120,8 @@ class BatchedRecovery(FixedRecovery):
 
     Faust's `_slurp_changelogs` takes each changelog record on its own from the tables' changelog
     queue — a decoded event, an `asyncio.wait_for` (a task) per record, two debug f-strings, and
-    a full scan of every partition's remaining count (`need_recovery`) — about 170 µs of CPU per
-    record here (5,900 records/s restored, docs/performance.md). With batched delivery the
+    a full scan of every partition's remaining count (`need_recovery`) — 170 to 220 µs per record
+    here (4,500 to 5,900 records/s restored, docs/performance.md). With batched delivery the
     consumer's drain loop puts each fetched batch of a changelog partition on `changelog_batches`
     whole (`delivery.BatchDeliveryConsumer`); this loop does per batch what Faust's does per
     record, with the same bookkeeping: the offsets read per active and standby partition (records
