@@ -33,7 +33,6 @@ import shutil
 import subprocess
 import sys
 import time
-from collections import Counter
 from collections.abc import AsyncIterator, Callable
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
@@ -55,7 +54,7 @@ from lendstream.settings import Settings
 from lendstream.simulate import produce_backlog, produce_paced
 from lendstream.simulation import Simulation
 from lendstream.tables.loans import NAME as LOANS_TABLE
-from tests.bench.profile import Profiler, format_summary
+from tests.bench.profile import Profiler, Rules
 from tests.harness import Pipeline, WorkerProcess
 
 log = logging.getLogger(__name__)
@@ -75,7 +74,7 @@ SWAP_MARKERS = ("LOCK TABLE", "view_table_usage", "aclexplode", "pg_indexes", " 
                 "SET SCHEMA", "__replaced", "search_path", "quote_ident")  # fmt: skip
 _REBUILT = re.compile(r"^rebuilt .*: ([\d,]+) events in ([\d.]+) s \(([\d,]+) events/s\)$", re.M)
 #: What a rebuild sample was doing, by the first rule whose any substring is in its stack.
-REBUILD_ACTIVITIES: tuple[tuple[str, tuple[str, ...]], ...] = (
+REBUILD_ACTIVITIES: Rules = (
     ("decode: Kafka record -> Message (codec, validation)", ("to_message (",)),
     ("merge by timestamp (replay.Merge)", ("Merge.",)),
     ("rows: history, summaries, exposures (ShadowRows)", ("ShadowRows.",)),
@@ -558,9 +557,7 @@ class Bench:
         fold_seconds = (swap_at or last_fold_at) - began
         profile_summary = None
         if profiler is not None:
-            profile_summary = profiler.stop()
-            profile_summary["activities"] = rebuild_activities(profiler.stacks.read_text())
-            profiler.stacks.with_suffix(".txt").write_text(format_summary(profile_summary))
+            profile_summary = profiler.stop(REBUILD_ACTIVITIES)
         return RebuildRun(
             events=events,
             fold_seconds=fold_seconds,
@@ -700,21 +697,6 @@ def _rebuild_phase(query: str) -> str:
     ):
         return ""
     return "fold"
-
-
-def rebuild_activities(folded: str) -> list[tuple[str, float]]:
-    """Percent of a rebuild profile's samples by `REBUILD_ACTIVITIES`."""
-    counts: Counter[str] = Counter()
-    for line in folded.splitlines():
-        stack, _, count = line.rpartition(" ")
-        if stack and count.isdigit():
-            name = next(
-                (n for n, needles in REBUILD_ACTIVITIES if any(x in stack for x in needles)),
-                "other",
-            )
-            counts[name] += int(count)
-    total = max(sum(counts.values()), 1)
-    return [(k, round(100 * v / total, 2)) for k, v in counts.most_common()]
 
 
 def _minus(after: dict[str, float], before: dict[str, float]) -> dict[str, float]:

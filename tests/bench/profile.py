@@ -32,8 +32,12 @@ _LENDSTREAM = Path(lendstream.cli.__file__).parent
 _STDLIB = Path(sysconfig.get_paths()["stdlib"])
 
 
-#: What a worker sample was doing, by the first rule whose any substring is in its stack.
-ACTIVITIES: tuple[tuple[str, tuple[str, ...]], ...] = (
+#: Activity rules: a sample was doing the first rule's activity whose any substring is in its
+#: stack ("other" when none is).
+Rules = tuple[tuple[str, tuple[str, ...]], ...]
+
+#: What a worker sample was doing.
+ACTIVITIES: Rules = (
     ("processor: contiguity guard", ("ContiguityGuard.check",)),
     ("processor: decode + validate (to_message)", ("to_message (",)),
     ("processor: load states (table get, decode, PG newer)", ("LoanProcessor.load",)),
@@ -55,8 +59,8 @@ ACTIVITIES: tuple[tuple[str, tuple[str, ...]], ...] = (
 )  # fmt: skip
 
 
-def activity(stack: str) -> str:
-    for name, needles in ACTIVITIES:
+def activity(stack: str, rules: Rules = ACTIVITIES) -> str:
+    for name, needles in rules:
         if any(needle in stack for needle in needles):
             return name
     return "other"
@@ -86,9 +90,9 @@ class Profiler:
             proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
         return cls(proc, stacks, time.monotonic())
 
-    def stop(self) -> dict[str, Any]:
-        """Stop sampling (SIGINT makes py-spy write its output); summary, also as text beside
-        the stacks (`.txt`)."""
+    def stop(self, activities: Rules = ACTIVITIES) -> dict[str, Any]:
+        """Stop sampling (SIGINT makes py-spy write its output); summary (samples by
+        `activities` among others), also as text beside the stacks (`.txt`)."""
         seconds = time.monotonic() - self.started
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGINT)
@@ -97,7 +101,7 @@ class Profiler:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait()
-        summary = summarise(self.stacks.read_text(), seconds)
+        summary = summarise(self.stacks.read_text(), seconds, activities)
         self.stacks.with_suffix(".txt").write_text(format_summary(summary))
         summary["stacks"] = str(self.stacks)
         return summary
@@ -125,8 +129,11 @@ def _package(path: str) -> str:
     return first.removesuffix(".py")
 
 
-def summarise(folded: str, seconds: float | None = None) -> dict[str, Any]:
-    """Percentages of samples by thread, by package (self), by function (self, inclusive)."""
+def summarise(
+    folded: str, seconds: float | None = None, rules: Rules = ACTIVITIES
+) -> dict[str, Any]:
+    """Percentages of samples by thread, by activity (`rules`), by package (self), by function
+    (self, inclusive)."""
     threads: Counter[str] = Counter()
     activities: Counter[str] = Counter()
     packages: Counter[str] = Counter()
@@ -145,7 +152,7 @@ def summarise(folded: str, seconds: float | None = None) -> dict[str, Any]:
             continue
         total += count
         threads[thread] += count
-        activities[activity(";".join(frames))] += count
+        activities[activity(";".join(frames), rules)] += count
         names = [_frame_name(f) for f in frames]
         leaf, package = names[-1]
         own[leaf] += count
