@@ -85,6 +85,10 @@ class StallWatch:
     patience: float
     since: dict[tuple[str, int], tuple[int, float]] = field(default_factory=dict)
 
+    def excuse(self, tp: tuple[str, int]) -> None:
+        """Start `tp`'s wait again: its records are waiting their turn (`waits_its_turn`)."""
+        self.since.pop(tp, None)
+
     def check(
         self,
         positions: Mapping[tuple[str, int], int],
@@ -105,3 +109,22 @@ class StallWatch:
             if now - first >= self.patience:
                 stalled.append(tp)
         return stalled
+
+
+def waits_its_turn(
+    next_record_ms: int, newest_processed: float, committed_at: float | None, now: float,
+    busy_within: float,
+) -> bool:  # fmt: skip
+    """Whether a partition whose position has not moved is only waiting in time order: the
+    worker is busy (it committed a batch within `busy_within` seconds of `now`) with records
+    older than the partition's next one (`next_record_ms`, its Kafka timestamp; -1 if absent).
+
+    The agents take records in timestamp order across partitions (`delivery.in_time_order`),
+    so in a long catch-up a sparse partition whose first fetch reached far ahead in time waits
+    until the dense ones get there: seen for 60 to 125 s in a 1.1-million-event backlog, where
+    the watch fail-stopped the worker four times for it. A partition whose next record is older
+    than what the worker is committing, or a worker that commits nothing, is not excused.
+    """
+    if next_record_ms < 0 or committed_at is None or now - committed_at > busy_within:
+        return False
+    return next_record_ms / 1000 > newest_processed
