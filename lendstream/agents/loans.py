@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections import deque
 from dataclasses import replace
 from datetime import UTC, datetime
 from functools import partial
@@ -32,7 +31,6 @@ import orjson
 from faust.types import EventT
 
 from lendstream.agents.batch import (
-    Finish,
     TableWriter,
     by_partition,
     load_states,
@@ -105,23 +103,8 @@ class LoanProcessor:
         self.gateway = gateway  # None: no saga is started (payout events come from elsewhere)
         self.dead_letters = dead_letters
         self.table_writer = TableWriter(table, outbox.send)
-        #: table values of prepared batches not written to the table yet, oldest first
-        self.unwritten: deque[dict[str, bytes]] = deque()
 
     async def process(self, events: list[EventT]) -> None:
-        """One batch, whole: `prepare`, then its `Finish`."""
-        finish = await self.prepare(events)
-        await finish()
-
-    async def prepare(self, events: list[EventT]) -> Finish:
-        """Everything of a batch before its PostgreSQL commit: check, decode, load, fold,
-        encode, and send the saga's records and notifications (acknowledged by Kafka). Returns
-        the rest: commit, write the table, start the gateway calls, count, publish dead letters.
-
-        May run while the previous batch's `Finish` is in flight (`batch._pipelined`): the
-        table values that batch has not written yet are read from `unwritten` instead of the
-        table, until its `Finish` has written them. The `Finish`es must run in order.
-        """
         await self.guard.check(events)
         now = datetime.now(UTC)
         messages = [to_message(event, SPECS) for event in events]
@@ -137,20 +120,12 @@ class LoanProcessor:
             self.outbox.add_notification(note)
         await self.outbox.flush()
         batch = Item(messages[0].position, BatchRows(rows, changed, saga_rows))
-        self.unwritten.append(encoded)
-
-        async def finish() -> None:
-            ends, timestamps = partition_ends(events), [m.timestamp for m in messages]
-            await self.writer.commit([batch], ends, timestamps)
-            await self.table_writer.write(by_partition(encoded, last_event))
-            if self.unwritten.popleft() is not encoded:
-                raise RuntimeError("batches finished out of order")
-            if self.gateway is not None:
-                self.gateway.start(calls)
-            self.count(outcomes)
-            await self.publish_dead_letters(rows)
-
-        return finish
+        await self.writer.commit([batch], partition_ends(events), [m.timestamp for m in messages])
+        await self.table_writer.write(by_partition(encoded, last_event))
+        if self.gateway is not None:
+            self.gateway.start(calls)
+        self.count(outcomes)
+        await self.publish_dead_letters(rows)
 
     def fold(
         self, loaded: dict[str, LoanAndSaga], messages: list[Message], now: datetime
@@ -206,7 +181,6 @@ class LoanProcessor:
         states, stale_in_table = await load_states(
             self.table, events_by_key, lambda _key, raw: loans_table.decode_with_saga(raw),
             lambda state: state[0].seq, partial(self.writer.fetch, self.newer_sql), "loan_id",
-            self.unwritten,
         )  # fmt: skip
         if stale_in_table:
             log.warning(
@@ -252,6 +226,5 @@ def register(app: faust.App, topic: faust.TopicT, processor: LoanProcessor, batc
              batch_within: float, ready: asyncio.Event) -> None:  # fmt: skip
     """Declare the `loan-processor` agent on `app`."""
     register_batch_agent(
-        app, topic, "loan-processor", processor.process, batch_max, batch_within, ready,
-        prepare=processor.prepare,
-    )  # fmt: skip
+        app, topic, "loan-processor", processor.process, batch_max, batch_within, ready
+    )
