@@ -198,7 +198,7 @@ def create_app(
         ),
     )
     policy = Policy(backoff=settings.retry_backoff, park_deadline=settings.park_deadline)
-    _watch_for_stalls(app, runtime, writer, settings)
+    _watch_for_stalls(app, runtime, writer, settings, guard)
 
     async def produce(topic: str, key: bytes, value: bytes, partition: int | None) -> Any:
         return await app.producer.send(topic, key, value, partition, None, None)
@@ -268,6 +268,8 @@ def _register_treasury(app: faust.App, runtime: Runtime, outbox: Outbox) -> None
 
 STALL_PATIENCE_SECONDS = 60.0
 STALL_CHECK_SECONDS = 10.0
+#: how long a partition whose records are fetched may wait for a busy worker (`waits_its_turn`)
+STALL_EXCUSED_SECONDS = 600.0
 #: A broker or PostgreSQL that is down is /health's to report (the probes); raised from the
 #: stall watch it would crash the app (seen: KafkaConnectionError while the broker was stopped).
 _UNREACHABLE = (TimeoutError, OSError, KafkaError, asyncpg.PostgresError, asyncpg.InterfaceError)
@@ -278,6 +280,7 @@ def _watch_for_stalls(
     runtime: Runtime,
     writer: CheckpointedWriter[Any],
     settings: Settings,
+    guard: ContiguityGuard,
 ) -> None:
     """Fail-stop when a source partition has records that are never delivered (`StallWatch`)."""
     watch = StallWatch(STALL_PATIENCE_SECONDS)
@@ -304,32 +307,36 @@ def _watch_for_stalls(
         now = time.monotonic()
         for topic, partition in watch.check(positions, by_tp, now):
             position = positions.get((topic, partition), -1)
+            fetched = _fetched_offset(app, topic, partition)
+            if watch.stuck_for((topic, partition), now) < STALL_EXCUSED_SECONDS and waits_its_turn(
+                position, fetched, writer.committed_at, now, busy_within=2 * STALL_CHECK_SECONDS
+            ):
+                continue
             try:
-                head = await _next_record(settings, topic, partition, position + 1)
+                first = await guard.first_offset_from(topic, partition, position + 1)
             except _UNREACHABLE as exc:
                 log.debug("stall watch skipped: %r", exc)
                 return
-            if head is None:
-                continue  # a hole: nothing there (the guard's business)
-            if waits_its_turn(head.timestamp_ms, writer.newest_timestamp, writer.committed_at,
-                              now, busy_within=2 * STALL_CHECK_SECONDS):  # fmt: skip
-                watch.excuse((topic, partition))
-                continue
-            fail_stop(
-                "stall watch",
-                f"{topic}[{partition}] has records after offset {position} that were not "
-                f"delivered for {STALL_PATIENCE_SECONDS:g}s",
-            )
+            if first is not None:
+                fail_stop(
+                    "stall watch",
+                    f"{topic}[{partition}] has records after offset {position} that were not "
+                    f"processed for {watch.stuck_for((topic, partition), now):.0f}s "
+                    f"(fetched up to {fetched})",
+                )
 
 
-async def _next_record(
-    settings: Settings, topic: str, partition: int, offset: int
-) -> kafka.RecordHead | None:
-    tp = TopicPartition(topic, partition)
-    heads = await kafka.first_records_from(
-        settings.bootstrap_servers, {tp: offset}, client_options=kafka_client_options(settings)
-    )
-    return heads[tp]
+def _fetched_offset(app: faust.App, topic: str, partition: int) -> int | None:
+    """The consumer's next offset to fetch for the partition (aiokafka's fetch position, read
+    from the consumer thread's client), or None if it cannot be read. Past the processed
+    position, the records are in the worker already (the client's buffer or an agent's queue)."""
+    try:
+        client: Any = app.consumer._thread._consumer  # type: ignore[attr-defined]
+        assignment = client._subscription.subscription.assignment
+        state = assignment.state_value(TopicPartition(topic, partition))
+        return int(state.position) if state is not None and state.has_valid_position else None
+    except (AttributeError, TypeError, ValueError):
+        return None
 
 
 def _register_startup(app: faust.App, runtime: Runtime) -> None:

@@ -78,11 +78,9 @@ class CheckpointedWriter(Generic[T]):
         self.projection = projection
         self.apply = apply
         self.metrics = metrics
-        #: when a batch was last committed (monotonic), and the newest record timestamp it held
-        #: (seconds): what the stall watch needs to tell a stalled partition from one whose
-        #: records wait their turn in time order
+        #: when a batch was last committed (monotonic): whether the worker is busy, for the
+        #: stall watch
         self.committed_at: float | None = None
-        self.newest_timestamp = 0.0
         self.healthy = True
         self.last_error: str | None = None
 
@@ -183,8 +181,6 @@ class CheckpointedWriter(Generic[T]):
         self.healthy = True
         self.last_error = None
         self.committed_at = time.monotonic()
-        if timestamps:
-            self.newest_timestamp = max(self.newest_timestamp, max(timestamps))
         self.metrics.batch_size.labels(self.projection).observe(size)
         self.metrics.commit_seconds.labels(self.projection).observe(seconds)
         now = time.time()

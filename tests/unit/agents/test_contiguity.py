@@ -32,35 +32,25 @@ def test_a_partition_never_processed_counts_from_its_start() -> None:
     assert watch.check({}, {TP: 0}, now=20) == []  # an empty partition is never stalled
 
 
-def test_an_excused_partition_counts_its_patience_again() -> None:
+def test_stuck_for_is_the_time_since_the_position_last_moved() -> None:
     watch = StallWatch(patience=60)
-    watch.check({TP: 107}, {TP: 900}, now=0)
-    assert watch.check({TP: 107}, {TP: 900}, now=60) == [TP]
-    watch.excuse(TP)
-    assert watch.check({TP: 107}, {TP: 900}, now=70) == []
-    assert watch.check({TP: 107}, {TP: 900}, now=129) == []
-    assert watch.check({TP: 107}, {TP: 900}, now=130) == [TP]
+    assert watch.stuck_for(TP, now=5) == 0.0
+    watch.check({TP: 107}, {TP: 900}, now=10)
+    watch.check({TP: 107}, {TP: 900}, now=70)
+    assert watch.stuck_for(TP, now=70) == 60
 
 
-def test_a_partition_whose_next_record_is_newer_than_the_busy_workers_waits_its_turn() -> None:
-    # the worker committed 5 s ago, records up to t=1,000.0 s; the partition's next is t=1,000.5
-    assert waits_its_turn(1_000_500, newest_processed=1_000.0, committed_at=95.0, now=100.0,
-                          busy_within=20)  # fmt: skip
+def test_a_partition_whose_records_are_fetched_waits_for_the_busy_worker() -> None:
+    # processed up to 107, the client has fetched up to 3,556; a batch was committed 5 s ago
+    assert waits_its_turn(107, fetched=3557, committed_at=95.0, now=100.0, busy_within=20)
 
 
-def test_a_partition_whose_next_record_is_older_than_what_the_worker_commits_is_stalled() -> None:
-    assert not waits_its_turn(999_000, newest_processed=1_000.0, committed_at=95.0, now=100.0,
-                              busy_within=20)  # fmt: skip
+def test_a_partition_with_nothing_fetched_past_its_position_is_stalled() -> None:
+    assert not waits_its_turn(107, fetched=108, committed_at=95.0, now=100.0, busy_within=20)
+    assert not waits_its_turn(107, fetched=None, committed_at=95.0, now=100.0, busy_within=20)
 
 
 def test_an_idle_worker_excuses_nothing() -> None:
-    # nothing committed for 30 s (or ever): the records are not delivered, whatever their time
-    assert not waits_its_turn(2_000_000, newest_processed=1_000.0, committed_at=70.0, now=100.0,
-                              busy_within=20)  # fmt: skip
-    assert not waits_its_turn(2_000_000, newest_processed=0.0, committed_at=None, now=100.0,
-                              busy_within=20)  # fmt: skip
-
-
-def test_a_record_without_a_timestamp_is_not_excused() -> None:
-    assert not waits_its_turn(-1, newest_processed=1_000.0, committed_at=95.0, now=100.0,
-                              busy_within=20)  # fmt: skip
+    # records fetched, but nothing committed for 30 s (or ever): they are not being processed
+    assert not waits_its_turn(107, fetched=3557, committed_at=70.0, now=100.0, busy_within=20)
+    assert not waits_its_turn(107, fetched=3557, committed_at=None, now=100.0, busy_within=20)
