@@ -268,7 +268,7 @@ def _register_treasury(app: faust.App, runtime: Runtime, outbox: Outbox) -> None
 
 STALL_PATIENCE_SECONDS = 60.0
 STALL_CHECK_SECONDS = 10.0
-#: how long a partition whose records are fetched may wait for a busy worker (`waits_its_turn`)
+#: how long a partition may wait for its turn while the worker is busy (`waits_its_turn`)
 STALL_EXCUSED_SECONDS = 600.0
 #: A broker or PostgreSQL that is down is /health's to report (the probes); raised from the
 #: stall watch it would crash the app (seen: KafkaConnectionError while the broker was stopped).
@@ -307,9 +307,8 @@ def _watch_for_stalls(
         now = time.monotonic()
         for topic, partition in watch.check(positions, by_tp, now):
             position = positions.get((topic, partition), -1)
-            fetched = _fetched_offset(app, topic, partition)
             if watch.stuck_for((topic, partition), now) < STALL_EXCUSED_SECONDS and waits_its_turn(
-                position, fetched, writer.committed_at, now, busy_within=2 * STALL_CHECK_SECONDS
+                writer.committed_at, now, busy_within=2 * STALL_CHECK_SECONDS
             ):
                 continue
             try:
@@ -318,6 +317,7 @@ def _watch_for_stalls(
                 log.debug("stall watch skipped: %r", exc)
                 return
             if first is not None:
+                fetched = _fetched_offset(app, topic, partition)
                 fail_stop(
                     "stall watch",
                     f"{topic}[{partition}] has records after offset {position} that were not "
@@ -328,8 +328,9 @@ def _watch_for_stalls(
 
 def _fetched_offset(app: faust.App, topic: str, partition: int) -> int | None:
     """The consumer's next offset to fetch for the partition (aiokafka's fetch position, read
-    from the consumer thread's client), or None if it cannot be read. Past the processed
-    position, the records are in the worker already (the client's buffer or an agent's queue)."""
+    from the consumer thread's client), or None if it cannot be read; for the fail-stop message
+    only. Past the processed position, the records are in the worker already (the client's
+    buffer or an agent's queue); at it, they were not fetched."""
     try:
         client: Any = app.consumer._thread._consumer  # type: ignore[attr-defined]
         assignment = client._subscription.subscription.assignment
