@@ -39,6 +39,7 @@ from lendstream.sagas.payout import SagaPolicy
 from lendstream.security import faust_broker_credentials, kafka_client_options, postgres_dsn
 from lendstream.settings import Settings
 from lendstream.tables import loans as loans_table
+from lendstream.tables import store as table_store
 from lendstream.tables import treasury as lines_table
 from lendstream.topics import (
     CUSTOMER_NOTIFICATIONS_TOPIC,
@@ -143,7 +144,7 @@ def create_app(
         settings.app_id,
         broker=settings.kafka,
         broker_credentials=faust_broker_credentials(settings),
-        store="rocksdb://",
+        store=table_store.store_url(),
         datadir=str(datadir),
         topic_partitions=settings.partitions,
         topic_replication_factor=settings.replication_factor,
@@ -176,7 +177,7 @@ def create_app(
     )
     control = app.topic(LOAN_CONTROL.name, key_serializer="raw", value_serializer="raw")
     dead_letters = app.topic(DEAD_LETTERS_TOPIC, key_serializer="raw", value_serializer="raw")
-    table = loans_table.declare(app, settings.partitions)
+    table = loans_table.declare(app, settings)
     recovery = BatchedRecovery if settings.batched_delivery else FixedRecovery
     app.tables._recovery = recovery(app, app.tables, beacon=app.tables.beacon)  # type: ignore[attr-defined]
     writer: CheckpointedWriter[loan_projection.BatchRows] = CheckpointedWriter(
@@ -259,7 +260,7 @@ def _register_treasury(app: faust.App, runtime: Runtime, outbox: Outbox) -> None
         skip_seen=False,  # the processor drops what is stored before folding
     )
     runtime.writers.append(writer)
-    table = lines_table.declare(app, settings.partitions)
+    table = lines_table.declare(app, settings)
     processor = treasury_agent.TreasuryProcessor(table, writer, outbox, settings.pg_schema)
     treasury_agent.register(
         app, topic, processor, settings.batch_max, settings.batch_within, runtime.ready

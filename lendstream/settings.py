@@ -112,6 +112,10 @@ class Settings(BaseSettings):
     kafka_session_timeout: Duration = 10.0
     kafka_heartbeat_interval: Duration = 1.0
     pg_pool_max: int = Field(default=4, ge=1, le=100)
+    # RocksDB memory of all the tables of a worker process, shared by every partition database
+    # (lendstream/tables/store.py): an LRU block cache and a write buffer (memtable) budget.
+    rocksdb_block_cache_mb: int = Field(default=32, ge=1, le=1_048_576)
+    rocksdb_write_buffer_mb: int = Field(default=64, ge=1, le=1_048_576)
     worker_name: str = Field(default="", max_length=100)
     # Not SecretStr: `devstack.worker_env` hands settings to child processes by value.
     ingest_token: str | None = Field(default=None, repr=False, description="ingest bearer token")

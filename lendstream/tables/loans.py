@@ -16,7 +16,8 @@ import orjson
 from lendstream.domain.loans import Loan, LoanStatus
 from lendstream.domain.sequencing import Keyed, Pending, Position
 from lendstream.sagas.payout import PayoutSaga
-from lendstream.tables import ROCKSDB_OPTIONS
+from lendstream.settings import Settings
+from lendstream.tables import store
 from lendstream.topics import BY_NAME, Invalid
 
 NAME = "loans"
@@ -24,13 +25,13 @@ _DATETIME_FIELDS = ("applied_at", "updated_at", "approved_at", "paid_out_at", "s
 _SAGA_DATETIME_FIELDS = ("started_at", "updated_at", "deadline_at", "wake_at")
 
 
-def declare(app: faust.App, partitions: int) -> faust.Table:
+def declare(app: faust.App, settings: Settings) -> faust.Table:
     return app.Table(
         NAME,
-        partitions=partitions,
+        partitions=settings.partitions,
         key_type=bytes,  # bytes types make Faust use the raw serializer
         value_type=bytes,
-        options=dict(ROCKSDB_OPTIONS),  # Faust's store pops keys from it
+        options=store.options(settings),
         recovery_buffer_size=10_000,
         help="loan_id -> loan state, applied event ids and parked queue",
     )

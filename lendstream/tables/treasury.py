@@ -15,18 +15,19 @@ import faust
 import orjson
 
 from lendstream.sagas.treasury import CreditLine, Hold
-from lendstream.tables import ROCKSDB_OPTIONS
+from lendstream.settings import Settings
+from lendstream.tables import store
 
 NAME = "credit_lines"
 
 
-def declare(app: faust.App, partitions: int) -> faust.Table:
+def declare(app: faust.App, settings: Settings) -> faust.Table:
     return app.Table(
         NAME,
-        partitions=partitions,
+        partitions=settings.partitions,
         key_type=bytes,
         value_type=bytes,
-        options=dict(ROCKSDB_OPTIONS),  # Faust's store pops keys from it
+        options=store.options(settings),
         help="partner_id -> credit line, holds per payout, seq",
     )
 
