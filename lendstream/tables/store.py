@@ -106,7 +106,7 @@ class Store(FaustRocksDBStore):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs, driver="rocksdict")
-        self.rocksdb_options = SharedBudgetOptions(**self.options)
+        self.rocksdb_options = SharedBudgetOptions(**dict(self.options or {}))
 
 
 STORES.aliases[SCHEME] = f"{__name__}:Store"
