@@ -8,6 +8,7 @@ from faust.stores import by_url
 
 from lendstream.settings import Settings
 from lendstream.tables import store
+from tests.offline_app import offline_app
 
 
 def test_the_store_url_selects_the_shared_budget_store() -> None:
@@ -46,3 +47,13 @@ def test_databases_opened_with_the_shared_budget_keep_their_data(tmp_path: Path)
     assert [db[b"k01999"] for db in reopened] == [b"%d" % n * 500 for n in range(3)]
     for db in reopened:
         db.close()
+
+
+def test_the_worker_s_tables_are_stored_with_the_settings_budget(tmp_path: Path) -> None:
+    app = offline_app(tmp_path, rocksdb_block_cache_mb=5, rocksdb_write_buffer_mb=6)
+    assert set(app.tables) == {"loans", "credit_lines"}
+    for table in app.tables.values():
+        stored = table.data
+        assert isinstance(stored, store.Store)
+        assert isinstance(stored.rocksdb_options, store.SharedBudgetOptions)
+        assert stored.rocksdb_options.write_buffers.get_buffer_size() == 6 * store.MIB
