@@ -318,27 +318,36 @@ def _watch_for_stalls(
                 log.debug("stall watch skipped: %r", exc)
                 return
             if first is not None:
-                fetched = _fetched_offset(app, topic, partition)
                 fail_stop(
                     "stall watch",
                     f"{topic}[{partition}] has records after offset {position} that were not "
                     f"processed for {watch.stuck_for((topic, partition), now):.0f}s "
-                    f"(fetched up to {fetched})",
+                    f"({client_fetch_state(app, topic, partition)})",
                 )
 
 
-def _fetched_offset(app: faust.App, topic: str, partition: int) -> int | None:
-    """The consumer's next offset to fetch for the partition (aiokafka's fetch position, read
-    from the consumer thread's client), or None if it cannot be read; for the fail-stop message
-    only. Past the processed position, the records are in the worker already (the client's
-    buffer or an agent's queue); at it, they were not fetched."""
+def client_fetch_state(app: faust.App, topic: str, partition: int) -> str:
+    """Where the consumer's client stands on the partition, for the stall watch's fail-stop
+    message: aiokafka's position (the next offset it hands to Faust; not its fetch position),
+    whether the partition is paused (by the client or by Faust), and whether the client holds
+    fetched records of it not yet handed on. Read from private attributes of aiokafka and
+    Faust; "client fetch state unknown" if they cannot be read. Never raises.
+
+    A position past the processed position: the records are in the worker (an agent's queue).
+    At it, with records waiting: fetched, not yet handed on. At it, none waiting: not fetched."""
+    tp = TopicPartition(topic, partition)
     try:
         client: Any = app.consumer._thread._consumer  # type: ignore[attr-defined]
-        assignment = client._subscription.subscription.assignment
-        state = assignment.state_value(TopicPartition(topic, partition))
-        return int(state.position) if state is not None and state.has_valid_position else None
-    except (AttributeError, TypeError, ValueError):
-        return None
+        state = client._subscription.subscription.assignment.state_value(tp)
+        position = state.position if state.has_valid_position else None
+        paused = state.paused or tp in app.consumer._paused_partitions  # type: ignore[attr-defined]
+        buffered = tp in client._fetcher._records
+    except Exception:  # a diagnostic: it must not keep the watch from fail-stopping
+        return "client fetch state unknown"
+    return (
+        f"client position {position}, {'paused' if paused else 'not paused'}, "
+        f"{'fetched records waiting' if buffered else 'no fetched records waiting'} in the client"
+    )
 
 
 def _register_startup(app: faust.App, runtime: Runtime) -> None:

@@ -122,10 +122,10 @@ def waits_its_turn(committed_at: float | None, now: float, busy_within: float) -
     - the consumer fetches up to 1 MiB per partition and hands the fetches on in turn (measured
       at 1,500 events/s with 32 partitions: a first fetch of `loan-events[2]` waited 61 s in the
       client's buffer and the agent's queue);
-    - a partition's next records may not be fetched at all for a minute (measured in a
-      1.3-million-event catch-up: `payout-events[1]`, 61 s, the client's fetch position at the
-      processed position; why the client did not fetch it is not diagnosed — the delivery loop
-      takes no fetches while the agent's queue is full, which is one candidate).
+    - so a partition's records may wait a minute before the client even hands them to the
+      worker (measured in a 1.3-million-event catch-up: `payout-events[1]`, 61 s, with aiokafka's
+      position — the next offset it hands on — at the processed position; whether they were
+      fetched and waiting in the client's buffer was not recorded then).
     Both made the watch fail-stop a healthy worker (four times in a 1.1-million-event catch-up).
     A worker that commits nothing excuses nothing: there, a partition with records behind its
     position is stalled after the patience.
