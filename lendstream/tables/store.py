@@ -91,10 +91,16 @@ class SharedBudgetOptions(RocksDBOptions):
         return db_options
 
     def open(self, path: Path, *, read_only: bool = False) -> DB:
-        """Open (creating) the database at `path`; Faust's rocksdict path ignores `read_only`."""
+        """Open (creating) the database at `path`, as Faust's rocksdict path does: with the
+        table's `ttl` if it has one, and ignoring `read_only`."""
         db_options = self.as_options()
         db_options.set_db_paths([rocksdict.DBPath(str(path), self.target_file_size_base)])
-        db = DB(str(path), options=db_options, access_type=rocksdict.AccessType.read_write())
+        access = (
+            rocksdict.AccessType.read_write()
+            if self.ttl is None
+            else rocksdict.AccessType.with_ttl(self.ttl)
+        )
+        db = DB(str(path), options=db_options, access_type=access)
         db.set_read_options(rocksdict.ReadOptions())
         return db
 
