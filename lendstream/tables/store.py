@@ -4,8 +4,9 @@ Faust opens one RocksDB database per table partition and gives each its own bloc
 write buffers. A worker's memory then grows with the writes and reads it has processed until
 every database's buffers and cache are full, and the ceiling grows with the partitions it holds
 (active and standby): 2 tables x 8 partitions x (2 x 8 MiB buffers + 16 MiB cache) = 512 MiB,
-whatever the number of loans. Measured with 16 databases, 100,000 keys and 1.3 million writes:
-peak RSS 469 MiB with a cache and buffers per database, 146 MiB with them shared.
+whatever the number of loans. Measured with 16 databases, 100,000 keys and 1.3 million writes
+(`python -m tests.bench.rocksdb_memory`): peak RSS 455 MiB with a cache and buffers per
+database, 166 MiB with them shared, at 11% fewer writes per second.
 
 Here every database of the process shares one LRU block cache and one write buffer manager
 (`rocksdb_block_cache_mb`, `rocksdb_write_buffer_mb`). The manager flushes the largest memtable
