@@ -284,7 +284,7 @@ def _watch_for_stalls(
     guard: ContiguityGuard,
 ) -> None:
     """Fail-stop when a source partition has records that are never delivered (`StallWatch`)."""
-    watch = StallWatch(STALL_PATIENCE_SECONDS)
+    watch = StallWatch(STALL_PATIENCE_SECONDS, busy_patience=STALL_EXCUSED_SECONDS)
     sources = {spec.name for spec in LOAN_PROCESSOR_INPUTS}
 
     @app.timer(interval=STALL_CHECK_SECONDS, name="stall-watch")
@@ -306,12 +306,9 @@ def _watch_for_stalls(
             return
         by_tp = {(tp.topic, tp.partition): end for tp, end in ends.items()}
         now = time.monotonic()
-        for topic, partition in watch.check(positions, by_tp, now):
+        busy = waits_its_turn(writer.committed_at, now, busy_within=2 * STALL_CHECK_SECONDS)
+        for topic, partition in watch.check(positions, by_tp, now, busy=busy):
             position = positions.get((topic, partition), -1)
-            if watch.stuck_for((topic, partition), now) < STALL_EXCUSED_SECONDS and waits_its_turn(
-                writer.committed_at, now, busy_within=2 * STALL_CHECK_SECONDS
-            ):
-                continue
             try:
                 first = await guard.first_offset_from(topic, partition, position + 1)
             except _UNREACHABLE as exc:

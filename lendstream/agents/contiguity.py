@@ -77,12 +77,14 @@ class StallWatch:
 
     `check` is given, per source partition, the durably processed position and the partition's
     end; a partition with records after its position whose position has not moved for
-    `patience` seconds is stalled. The caller fail-stops: the restarted worker reads again from
-    the committed offsets. It is only asked while the worker is ready and PostgreSQL healthy,
-    so a slow or paused pipeline is not mistaken for a stall.
+    `patience` seconds is stalled — `busy_patience` seconds while the caller says the worker is
+    busy with other partitions (`waits_its_turn`). The caller fail-stops: the restarted worker
+    reads again from the committed offsets. It is only asked while the worker is ready and
+    PostgreSQL healthy, so a slow or paused pipeline is not mistaken for a stall.
     """
 
     patience: float
+    busy_patience: float | None = None  # None: `patience`, busy or not
     since: dict[tuple[str, int], tuple[int, float]] = field(default_factory=dict)
 
     def stuck_for(self, tp: tuple[str, int], now: float) -> float:
@@ -95,8 +97,10 @@ class StallWatch:
         positions: Mapping[tuple[str, int], int],
         ends: Mapping[tuple[str, int], int],
         now: float,
+        busy: bool = False,
     ) -> list[tuple[str, int]]:
         """The partitions stalled at `now` (seconds, monotonic)."""
+        patience = self.busy_patience if busy and self.busy_patience is not None else self.patience
         stalled = []
         for tp, end in ends.items():
             position = positions.get(tp, -1)
@@ -107,7 +111,7 @@ class StallWatch:
             if seen != position:
                 seen, first = position, now
             self.since[tp] = (seen, first)
-            if now - first >= self.patience:
+            if now - first >= patience:
                 stalled.append(tp)
         return stalled
 
@@ -115,7 +119,7 @@ class StallWatch:
 def waits_its_turn(committed_at: float | None, now: float, busy_within: float) -> bool:
     """Whether a partition whose position has not moved may only be waiting for its turn: the
     worker is busy (it committed a batch within `busy_within` seconds of `now`) with other
-    partitions' records. The caller bounds how long this excuse may last.
+    partitions' records. `StallWatch.busy_patience` bounds how long this excuse may last.
 
     In a catch-up, a partition's position moves once per round over all partitions, and a round
     is long on a saturated worker:

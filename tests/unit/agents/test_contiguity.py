@@ -49,3 +49,11 @@ def test_an_idle_worker_excuses_nothing() -> None:
     # nothing committed for 30 s (or ever): the partition's records are not being processed
     assert not waits_its_turn(committed_at=70.0, now=100.0, busy_within=20)
     assert not waits_its_turn(committed_at=None, now=100.0, busy_within=20)
+
+
+def test_a_busy_worker_s_partitions_are_given_the_busy_patience() -> None:
+    watch = StallWatch(patience=60, busy_patience=600)
+    assert watch.check({TP: 107}, {TP: 900}, now=0, busy=True) == []
+    assert watch.check({TP: 107}, {TP: 900}, now=599, busy=True) == []
+    assert watch.check({TP: 107}, {TP: 900}, now=120, busy=False) == [TP]  # idle: the patience
+    assert watch.check({TP: 107}, {TP: 900}, now=600, busy=True) == [TP]
