@@ -18,12 +18,11 @@ Use `store_url()` as the app's `store` and `options(settings)` as each table's `
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import rocksdict
 from faust.stores import STORES
-from faust.stores.rocksdb import DB, RocksDBOptions
+from faust.stores.rocksdb import RocksDBOptions
 from faust.stores.rocksdb import Store as FaustRocksDBStore
 
 from lendstream.settings import Settings
@@ -65,7 +64,8 @@ def shared_budget(
 
 
 class SharedBudgetOptions(RocksDBOptions):
-    """Faust's options (rocksdict driver) with the process's shared cache and buffer manager."""
+    """Faust's options (rocksdict driver) with the process's shared cache and buffer manager;
+    Faust's `open` opens each database with them (`as_options`)."""
 
     def __init__(
         self, shared_block_cache_size: int, shared_write_buffer_size: int, **kwargs: Any
@@ -90,20 +90,6 @@ class SharedBudgetOptions(RocksDBOptions):
         table_options.set_index_type(rocksdict.BlockBasedIndexType.binary_search())
         db_options.set_block_based_table_factory(table_options)
         return db_options
-
-    def open(self, path: Path, *, read_only: bool = False) -> DB:
-        """Open (creating) the database at `path`, as Faust's rocksdict path does: with the
-        table's `ttl` if it has one, and ignoring `read_only`."""
-        db_options = self.as_options()
-        db_options.set_db_paths([rocksdict.DBPath(str(path), self.target_file_size_base)])
-        access = (
-            rocksdict.AccessType.read_write()
-            if self.ttl is None
-            else rocksdict.AccessType.with_ttl(self.ttl)
-        )
-        db = DB(str(path), options=db_options, access_type=access)
-        db.set_read_options(rocksdict.ReadOptions())
-        return db
 
 
 class Store(FaustRocksDBStore):

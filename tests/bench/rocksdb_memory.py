@@ -26,7 +26,7 @@ from faust.stores.rocksdb import RocksDBOptions
 from lendstream.settings import Settings
 from lendstream.tables import store
 
-MIB = 1024**2
+MIB = store.MIB
 #: what `tables.ROCKSDB_OPTIONS` was, per partition database, before the shared budget
 PER_DATABASE = {"write_buffer_size": 8 * MIB, "max_write_buffer_number": 2}
 PER_DATABASE_CACHE = 16 * MIB
