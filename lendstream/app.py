@@ -204,6 +204,9 @@ def create_app(
     async def produce(topic: str, key: bytes, value: bytes, partition: int | None) -> Any:
         return await app.producer.send(topic, key, value, partition, None, None)
 
+    def generation() -> int:
+        return app.consumer_generation_id
+
     async def send_command(loan_id: str, partition: int, value: bytes) -> None:
         await control.send(key=loan_id.encode(), value=value, partition=partition)
 
@@ -212,12 +215,12 @@ def create_app(
         gateway = GatewayCalls(GatewayClient.from_settings(settings), send_command)
     processor = loan_agent.LoanProcessor(
         table, writer, guard, runtime.metrics, settings.pg_schema, evolve, policy,
-        Outbox(produce), saga_policy(settings, policy), gateway, dead_letters,
+        Outbox(produce, generation), saga_policy(settings, policy), gateway, dead_letters,
     )  # fmt: skip
     loan_agent.register(
         app, topic, processor, settings.batch_max, settings.batch_within, runtime.ready
     )
-    _register_treasury(app, runtime, Outbox(produce))
+    _register_treasury(app, runtime, Outbox(produce, generation))
     notifications = app.topic(CUSTOMER_NOTIFICATIONS_TOPIC, key_serializer="raw",
                               value_serializer="raw")  # fmt: skip
 

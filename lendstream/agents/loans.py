@@ -4,11 +4,12 @@ batches.
 Per batch: check that no message was skipped; load each loan's state (and payout saga) from
 the `loans` table, taking PostgreSQL's copy instead where it is newer; fold each message into
 its loan's state and saga with the pure logic (`sagas.loans.handle_message`: events, operator
-commands, timers, gateway answers); send the saga's records and the customer notifications
-(acknowledged by Kafka); commit all resulting rows, the changed states with their timers, and
-the Kafka positions in one PostgreSQL transaction; then write each touched loan once to the
-table, start the saga's gateway calls, publish the batch's dead-letter changes to
-`dead-letters`, and let Faust ack.
+commands, timers, gateway answers); commit all resulting rows, the changed states with their
+timers, the saga's records and the customer notifications (an `outbox` row) and the Kafka
+positions in one PostgreSQL transaction; then send those records (acknowledged by Kafka), write
+each touched loan once to the table, start the saga's gateway calls, publish the batch's
+dead-letter changes to `dead-letters`, and let Faust ack. Nothing is sent before the commit: a
+batch run again after a crash may decide differently (see `agents.payouts`).
 
 PostgreSQL's copy of the state is written atomically with the read models; the RocksDB table
 is the fast path. After a SIGKILL the table can be behind (its changelog loses the writes that
@@ -105,6 +106,7 @@ class LoanProcessor:
         self.table_writer = TableWriter(table, outbox.send)
 
     async def process(self, events: list[EventT]) -> None:
+        await self.outbox.send_leftovers(self.writer)
         await self.guard.check(events)
         now = datetime.now(UTC)
         messages = [to_message(event, SPECS) for event in events]
@@ -118,9 +120,11 @@ class LoanProcessor:
         calls = self.outbox.add_commands(commands)
         for note in notifications(outcomes):
             self.outbox.add_notification(note)
-        await self.outbox.flush()
+        staged = self.outbox.stage()
         batch = Item(messages[0].position, BatchRows(rows, changed, saga_rows))
-        await self.writer.commit([batch], partition_ends(events), [m.timestamp for m in messages])
+        timestamps = [m.timestamp for m in messages]
+        await self.writer.commit([batch], partition_ends(events), timestamps, staged)
+        await self.outbox.send_committed(staged, self.writer)
         await self.table_writer.write(by_partition(encoded, last_event))
         if self.gateway is not None:
             self.gateway.start(calls)

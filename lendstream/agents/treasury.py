@@ -4,9 +4,11 @@ Consumes `treasury-events` (upstream `CreditLineSet`) and `treasury-commands` (t
 saga's `Reserve` / `Release` / `Disburse` / `ReturnPrincipal`), co-partitioned. Per batch: drop
 what is at or below the stored positions (so every message takes effect once); load each line
 from the `credit_lines` table, or PostgreSQL's copy where that one is newer; fold the messages
-with the pure `sagas.treasury.react`; send the answers (`FundsReserved`, …) to `payout-events`,
-each on the partition its loan's saga named, and wait for Kafka to acknowledge them; commit
-`partner_credit`, the line states and the positions in one transaction; then write the table.
+with the pure `sagas.treasury.react`; commit `partner_credit`, the line states, the answers
+(`FundsReserved`, …; an `outbox` row) and the positions in one transaction; then send the
+answers to `payout-events`, each on the partition its loan's saga named, wait for Kafka to
+acknowledge them, and write the table. Nothing is sent before the commit: a batch run again
+after a crash may interleave its two topics differently and answer differently.
 
 A message that does not decode, and a `CreditLineSet` that changes the currency while funds are
 in use, become dead letters (status `dead`) and change nothing. The line is not blocked: the
@@ -63,6 +65,7 @@ class TreasuryProcessor:
         self.newer_sql = newer_lines_sql(schema)
 
     async def process(self, events: list[EventT]) -> None:
+        await self.outbox.send_leftovers(self.writer)
         stored = await self.writer.stored()
         fresh = [
             e for e in events
@@ -90,10 +93,11 @@ class TreasuryProcessor:
                                 reply_partition)  # fmt: skip
         encoded = {key: lines_table.encode(lines[key], seqs[key] + 1) for key in changed}
         rows.lines.extend(LineRow(lines[k], seqs[k] + 1, encoded[k]) for k in sorted(changed))
-        await self.outbox.flush()
+        staged = self.outbox.stage()
         timestamps = [e.message.timestamp for e in fresh]
         await self.writer.commit([Item(position_of(fresh[0]), rows)], partition_ends(fresh),
-                                 timestamps)  # fmt: skip
+                                 timestamps, staged)  # fmt: skip
+        await self.outbox.send_committed(staged, self.writer)
         await self.table_writer.write(by_partition(encoded, last_event))
 
     async def load(

@@ -1,6 +1,7 @@
 """The batched, checkpointing PostgreSQL writer behind every projection.
 
-One `commit` is one transaction holding a batch's rows *and* the projection's Kafka positions
+One `commit` is one transaction holding a batch's rows, the records it decided to send (an
+`outbox` row, sent by the caller after the commit) *and* the projection's Kafka positions
 (`projection_positions`). The transaction locks the positions of the partitions in the batch.
 With `skip_seen=True` it drops every item whose triggering message is at or below the stored
 position, which makes any projection exactly-once as long as a redelivered message has the same
@@ -26,6 +27,7 @@ import asyncpg
 
 from lendstream.domain.sequencing import Position
 from lendstream.metrics import Metrics
+from lendstream.projections import outbox
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -89,19 +91,32 @@ class CheckpointedWriter(Generic[T]):
         items: Sequence[Item[T]],
         ends: Mapping[tuple[str, int], int],
         timestamps: Sequence[float] = (),
+        staged: outbox.Staged | None = None,
     ) -> int:
-        """Write `items` and advance positions to `ends` ((topic, partition) -> last offset).
+        """Write `items` and `staged` records, and advance positions to `ends` ((topic,
+        partition) -> last offset).
 
         Returns how many items were new. Retries until PostgreSQL takes the batch.
         """
         started = time.perf_counter()
-        written = await self._retrying(lambda: self._commit_once(items, ends))
+        written = await self._retrying(lambda: self._commit_once(items, ends, staged))
         self._committed(len(items), time.perf_counter() - started, timestamps)
         return written
 
     async def fetch(self, sql: str, *args: Any) -> list[asyncpg.Record]:
         """A read for the batch in progress, retried like `commit` while PostgreSQL is away."""
         return await self._retrying(lambda: self.pool.fetch(sql, *args))
+
+    async def sent(self, staged: Sequence[outbox.Staged]) -> None:
+        """Delete the `outbox` rows of `staged`: Kafka has acknowledged their records."""
+        ids = [s.id for s in staged]
+        await self._retrying(lambda: outbox.delete(self.pool, self.schema, ids))
+
+    async def leftovers(self) -> list[outbox.Staged]:
+        """This projection's committed records not known to be sent, oldest first."""
+        return await self._retrying(
+            lambda: outbox.leftovers(self.pool, self.schema, self.projection)
+        )
 
     async def stored(self) -> dict[tuple[str, int], int]:
         """This projection's stored positions, retried like `commit` while PostgreSQL is away."""
@@ -122,13 +137,18 @@ class CheckpointedWriter(Generic[T]):
             return result
 
     async def _commit_once(
-        self, items: Sequence[Item[T]], ends: Mapping[tuple[str, int], int]
+        self,
+        items: Sequence[Item[T]],
+        ends: Mapping[tuple[str, int], int],
+        staged: outbox.Staged | None,
     ) -> int:
         async with self.pool.acquire() as conn, conn.transaction():
             stored = await self._lock_positions(conn, ends)
             fresh = [item.payload for item in items if not self._seen(item, stored)]
             if fresh:
                 await self.apply(conn, fresh)
+            if staged is not None and staged.records:
+                await outbox.stage(conn, self.schema, self.projection, staged)
             await conn.executemany(
                 f'UPDATE "{self.schema}".projection_positions SET "offset" = $4, updated_at = now() '
                 'WHERE projection = $1 AND topic = $2 AND partition = $3 AND "offset" < $4',
