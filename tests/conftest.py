@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
+import asyncpg
 import pytest
 
 from lendstream.embedded import Broker, Postgres, start_broker, start_postgres
 from lendstream.pg import drop_schema
+from lendstream.projections.migrate import migrate
 from lendstream.settings import Settings
 from tests.harness import Pipeline
 
@@ -38,6 +40,18 @@ def pg_schema(postgres: Postgres) -> Iterator[str]:
     schema = f"t_{uuid.uuid4().hex[:12]}"
     yield schema
     asyncio.run(drop_schema(postgres.dsn, schema))
+
+
+@pytest.fixture
+async def pool(postgres: Postgres, pg_schema: str) -> AsyncIterator[asyncpg.Pool]:
+    """A small pool on `pg_schema`, migrated."""
+    pool = await asyncpg.create_pool(postgres.dsn, min_size=1, max_size=2)
+    async with pool.acquire() as conn:
+        await migrate(conn, pg_schema)
+    try:
+        yield pool
+    finally:
+        await pool.close()
 
 
 @pytest.fixture

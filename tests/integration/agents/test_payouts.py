@@ -7,7 +7,7 @@ batch is committed, and what a crash left unsent after a commit goes out before 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import asyncpg
@@ -16,24 +16,11 @@ from prometheus_client import CollectorRegistry
 
 from lendstream.agents.payouts import Outbox
 from lendstream.domain.sequencing import Position
-from lendstream.embedded import Postgres
 from lendstream.metrics import Metrics
-from lendstream.projections.migrate import migrate
 from lendstream.projections.writer import CheckpointedWriter, Item
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
 TOPIC = "loan-control"
-
-
-@pytest.fixture
-async def pool(postgres: Postgres, pg_schema: str) -> AsyncIterator[asyncpg.Pool]:
-    pool = await asyncpg.create_pool(postgres.dsn, min_size=1, max_size=2)
-    async with pool.acquire() as conn:
-        await migrate(conn, pg_schema)
-    try:
-        yield pool
-    finally:
-        await pool.close()
 
 
 class Recorder:

@@ -3,16 +3,14 @@ deleted."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 
 import asyncpg
 import pytest
 from prometheus_client import CollectorRegistry
 
 from lendstream.domain.sequencing import Position
-from lendstream.embedded import Postgres
 from lendstream.metrics import Metrics
-from lendstream.projections.migrate import migrate
 from lendstream.projections.outbox import Staged
 from lendstream.projections.writer import CheckpointedWriter, Item, stored_positions
 
@@ -22,17 +20,6 @@ RECORDS = [
     ("payout-events", b"L1", b'{"event_id":"payout:L1:PayoutRequested"}', 3),
     ("customer-notifications", b"C1", b"{}", None),
 ]
-
-
-@pytest.fixture
-async def pool(postgres: Postgres, pg_schema: str) -> AsyncIterator[asyncpg.Pool]:
-    pool = await asyncpg.create_pool(postgres.dsn, min_size=1, max_size=2)
-    async with pool.acquire() as conn:
-        await migrate(conn, pg_schema)
-    try:
-        yield pool
-    finally:
-        await pool.close()
 
 
 def writer(pool: asyncpg.Pool, schema: str, projection: str = "test") -> CheckpointedWriter[str]:

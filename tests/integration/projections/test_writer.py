@@ -2,31 +2,18 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 
 import asyncpg
 import pytest
 from prometheus_client import CollectorRegistry
 
 from lendstream.domain.sequencing import Position
-from lendstream.embedded import Postgres
 from lendstream.metrics import Metrics
-from lendstream.projections.migrate import migrate
 from lendstream.projections.writer import CheckpointedWriter, Item, stored_positions
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
 TOPIC = "loan-events"
-
-
-@pytest.fixture
-async def pool(postgres: Postgres, pg_schema: str) -> AsyncIterator[asyncpg.Pool]:
-    pool = await asyncpg.create_pool(postgres.dsn, min_size=1, max_size=2)
-    async with pool.acquire() as conn:
-        await migrate(conn, pg_schema)
-    try:
-        yield pool
-    finally:
-        await pool.close()
 
 
 def writer(
