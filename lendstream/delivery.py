@@ -1,4 +1,4 @@
-"""Batched delivery: each fetched batch of a batch agent's topics goes to the agent whole.
+"""Batched delivery: a batch agent's records go to it in batches, in time order across its topics.
 
 Faust delivers every record on its own: per record the drain loop awaits the conductor (two
 tasks and an `asyncio.wait`), the conductor decodes it and queues it on the stream, and the
@@ -6,7 +6,7 @@ stream hands it on — ~110 to 150 µs of CPU per record here, which capped one 
 records/s whatever the agent did (docs/performance.md). `BatchDeliveryConsumer` keeps Faust's
 consumer (group membership, assignment, fetcher, table recovery, offset commits) and replaces
 only that loop: the records of a partition that a `BatchQueue` claims are put on it as one list
-of Faust events. A table's changelog records go, whole batches again, to the table recovery
+of Faust events, and the agent takes them from there in batches. A table's changelog records go, whole batches again, to the table recovery
 (`ChangelogBatches`, `recovery.BatchedRecovery`); all other records (other agents' topics) take
 Faust's own path.
 
@@ -29,8 +29,11 @@ What it adds, found by the chaos tests:
   them when it converts them, which can be after a rebalance); older ones are dropped;
 - `BatchQueue` never hands out a record at or below the last one it handed out of the same
   partition (a copy fetched again after a seek while the first was still queued);
-- per task (partition number) it holds records back while another of the task's partitions
-  has records on the broker not fetched yet (`BatchQueue.take`).
+- per task (partition number) it hands out records only up to the newest timestamp queued of
+  each of the task's partitions that has records on the broker not fetched yet, and holds a
+  task back while one of them has none queued (`BatchQueue.take`);
+- a full queue stops the fetches of its partitions that have records queued, not of the others
+  (`BatchQueue.throttled`): the records a task waits for always come in.
 
 The agent tracks and acks the messages itself (`BatchQueue.take` → `track`, `ack`), so Faust's
 wait for unacked messages on a rebalance and its graceful shutdown see what they see with
@@ -42,9 +45,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import heapq
+import itertools
+import math
 import time
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import faust
@@ -53,113 +58,138 @@ from faust.types import TP, AppT, EventT, Message
 
 
 class BatchQueue:
-    """Whole fetched batches (one list of events per partition and fetch) for one agent.
+    """Fetched records of one agent's topics, queued per partition, taken in time order.
 
-    Bounded by `capacity` events (a put waits while the queue holds that many or more).
-    Registered with the app's flow control, which empties it when a rebalance starts and again
-    when the flow resumes, as it does the streams' queues.
+    Bounded by `capacity` events at the fetcher: once the queue holds that many, the partitions
+    that have records queued are not fetched (`throttled`) until it holds fewer; a partition with
+    nothing queued is always fetched, since a task may be waiting for it (`take`). So it holds at
+    most `capacity` events plus one fetch per partition. Registered with the app's flow control,
+    which empties it when a rebalance starts and again when the flow resumes, as it does the
+    streams' queues.
     """
 
     def __init__(self, app: faust.App, capacity: int) -> None:
         self.app = app
         self.capacity = capacity
-        self._batches: deque[list[EventT]] = deque()
+        self._queued: dict[TP, deque[EventT]] = {}
         self._size = 0
         self._filled = asyncio.Event()
         self._space = asyncio.Event()
         self._space.set()
         self._last_taken: dict[TP, int] = {}
         self._held_since: dict[int, float] = {}
-        self._held_size = 0
-        self.topics: set[str] = set()  # the topics whose batches come here
+        self.topics: set[str] = set()  # the topics whose records come here
+        #: Rank of a topic among records with the same timestamp (lower first); see `take`.
+        self.tie_order: dict[str, int] = {}
         app.flow_control.manage_queue(self)  # type: ignore[arg-type]
 
     def clear(self) -> None:
-        self._batches.clear()
-        self._size = self._held_size = 0
+        self._queued.clear()
+        self._size = 0
         self._held_since.clear()
         self._filled.clear()
         self._space.set()
 
     async def put(self, events: list[EventT]) -> None:
-        # Held batches do not count: the records a held task waits for may be behind this put.
-        while self._size - self._held_size >= self.capacity:
-            self._space.clear()
-            await self._space.wait()
-        self._batches.append(events)
+        """Queue `events`: records of one partition, in offset order. Never waits: the bound is
+        kept by the fetcher (`throttled`)."""
+        if not events:
+            return
+        self._queued.setdefault(events[0].message.tp, deque()).extend(events)
         self._size += len(events)
         self._filled.set()
 
+    def throttled(self, tp: TP) -> bool:
+        """Whether the fetcher should leave `tp` alone for now: the queue is full and already
+        holds records of `tp`."""
+        return self._size >= self.capacity and bool(self._queued.get(tp))
+
+    async def wait_for_space(self) -> None:
+        """Return once the queue holds fewer than `capacity` events."""
+        while self._size >= self.capacity:
+            self._space.clear()
+            await self._space.wait()
+
     async def take(self, max_events: int, within: float) -> list[EventT]:
-        """The queued batches, whole, up to `max_events` (at least one batch): once any is
-        there, after waiting up to `within` seconds for `max_events` to be queued, merged in
-        time order (`in_time_order`).
+        """Up to `max_events` queued events, in time order (`in_time_order`), once any can go:
+        after waiting up to `within` seconds for `max_events` to be queued.
 
         Per task — one partition number across the co-partitioned topics, i.e. one set of
-        loans — the batches are held back (up to `TASK_IDLE_SECONDS`) while another of the
-        task's partitions has records on the broker that have not been fetched yet, as Kafka
-        Streams does: otherwise, catching up, a `LoanCanceled` on `loan-events` could be folded
-        before the `LoanPaidOut` appended before it on `payout-events`, only because the two
-        partitions' fetches drift apart.
+        loans — only events up to the task's *cutoff* go: the oldest of the newest timestamps
+        queued of its partitions that have records on the broker not fetched yet, as Kafka
+        Streams chooses records by timestamp. Otherwise, catching up, one topic's partition
+        runs ahead of the others (a fetch of `payment-events` spans less time than one of
+        `loan-events`), and a repayment is folded before the `LoanPaidOut` appended before it.
+        A task one of whose partitions has unfetched records but none queued waits for them
+        up to `TASK_IDLE_SECONDS`, then goes without. Records with the same timestamp go in
+        `tie_order` (the lifecycle's order of the topics).
 
         Events of an older consumer generation, or taken while the flow is suspended, are
         dropped (not acked: they are fetched again from the committed offsets). The returned
         events' messages are tracked as unacked; `ack` them after processing."""
         while True:
-            while not self._batches:
+            while not self._size:
                 self._filled.clear()
                 await self._filled.wait()
             await self._fill(max_events, within)
-            batches: list[list[EventT]] = []
-            taken = self._held_size = 0
-            while self._batches and (not taken or taken + len(self._batches[0]) <= max_events):
-                batch = self._batches.popleft()
-                self._size -= len(batch)
-                taken += len(batch)
-                batches.append(batch)
-            batches, wait = self._hold_lagging_tasks(batches)
-            if self._size - self._held_size < self.capacity:
+            events, wait = self._take_aligned(max_events)
+            if self._size < self.capacity:
                 self._space.set()
-            if not batches:
+            if not events:
                 self._filled.clear()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._filled.wait(), wait)
                 continue
-            current = self._current(in_time_order(batches))
+            current = self._current(events)
             if current:
                 consumer = self.app.consumer
                 for event in current:
                     consumer.track_message(event.message)
                 return current
 
-    def _hold_lagging_tasks(self, batches: list[list[EventT]]) -> tuple[list[list[EventT]], float]:
-        """`batches` without those of tasks to hold (put back at the head of the queue, in
-        order), and how long the next hold may still wait."""
+    def _take_aligned(self, max_events: int) -> tuple[list[EventT], float]:
+        """The events that may go now (see `take`), removed from the queue, and how long the
+        next hold may still wait."""
+        cutoffs, wait = self._cutoffs(time.monotonic())
+        prefixes: list[list[EventT]] = []
+        for tp, queued in self._queued.items():
+            prefix = _up_to(queued, cutoffs.get(tp.partition, math.inf))
+            if prefix:
+                prefixes.append(prefix)
+        events = list(itertools.islice(in_time_order(prefixes, self.tie_order), max_events))
+        for event in events:
+            self._queued[event.message.tp].popleft()
+        self._size -= len(events)
+        return events, wait
+
+    def _cutoffs(self, now: float) -> tuple[dict[int, float], float]:
+        """Per task with queued events, the newest timestamp that may go now (missing: any),
+        and how long the next hold may still wait."""
         consumer: Any = self.app.consumer
-        now = time.monotonic()
-        present = {b[0].message.tp for b in batches} | {b[0].message.tp for b in self._batches}
-        lagging_tasks = {
-            tp.partition for tp in consumer.assignment()
-            if tp.topic in self.topics and tp not in present and _has_unfetched(consumer, tp)
-        }  # fmt: skip
-        held: list[list[EventT]] = []
-        released: list[list[EventT]] = []
+        queued_tasks = {tp.partition for tp, queued in self._queued.items() if queued}
+        cutoffs: dict[int, float] = {}
+        for tp in consumer.assignment():
+            task = tp.partition
+            if tp.topic not in self.topics or task not in queued_tasks:
+                continue
+            if not _has_unfetched(consumer, tp):
+                continue  # all its records are here: it holds nothing back
+            queued = self._queued.get(tp)
+            frontier = _timestamp(queued[-1]) if queued else -math.inf
+            cutoffs[task] = min(cutoffs.get(task, math.inf), frontier)
         wait = TASK_IDLE_SECONDS
-        for batch in batches:
-            task = batch[0].message.partition
-            if task in lagging_tasks:
-                since = self._held_since.setdefault(task, now)
-                if now - since < TASK_IDLE_SECONDS:
-                    held.append(batch)
-                    wait = min(wait, TASK_IDLE_SECONDS - (now - since))
-                    continue
-            self._held_since.pop(task, None)
-            released.append(batch)
-        for batch in reversed(held):
-            self._batches.appendleft(batch)
-            self._size += len(batch)
-            self._held_size += len(batch)
-        return released, max(wait, 0.01)
+        for task in queued_tasks:
+            cutoff = cutoffs.get(task, math.inf)
+            if any(queued and tp.partition == task and _timestamp(queued[0]) <= cutoff
+                   for tp, queued in self._queued.items()):  # fmt: skip
+                self._held_since.pop(task, None)
+                continue
+            since = self._held_since.setdefault(task, now)
+            if now - since >= TASK_IDLE_SECONDS:
+                cutoffs[task] = math.inf  # waited long enough: go without
+            else:
+                wait = min(wait, TASK_IDLE_SECONDS - (now - since))
+        return cutoffs, max(wait, 0.01)
 
     async def _fill(self, max_events: int, within: float) -> None:
         loop = asyncio.get_running_loop()
@@ -253,6 +283,16 @@ class ChangelogBatches:
         return batch
 
 
+async def _first_space(queues: set[BatchQueue], timeout: float) -> None:
+    """Return once one of `queues` has room, or after `timeout` seconds."""
+    waiters = [asyncio.ensure_future(queue.wait_for_space()) for queue in queues]
+    try:
+        await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for waiter in waiters:
+            waiter.cancel()
+
+
 def _has_unfetched(consumer: Any, tp: TP) -> bool:
     """Whether the broker has records of `tp` after those fetched (unknown counts as yes)."""
     highwater = consumer.highwater(tp)
@@ -262,21 +302,31 @@ def _has_unfetched(consumer: Any, tp: TP) -> bool:
     return bool(highwater > (read + 1 if read is not None else 0))
 
 
-def in_time_order(batches: list[list[EventT]]) -> list[EventT]:
+def in_time_order(
+    batches: list[list[EventT]], tie_order: dict[str, int] | None = None
+) -> Iterator[EventT]:
     """The events of `batches` (each from one partition, in offset order), each partition's
-    kept in offset order, the partitions merged by record timestamp.
+    kept in offset order, the partitions merged by record timestamp; records with the same
+    timestamp by their topic's rank in `tie_order` (lower first).
 
     Kafka orders nothing across topics; a loan's events on `loan-events` and `payout-events`
-    are folded in the order they were appended where a batch holds both, as Faust's round-robin
-    delivery roughly did (and Kafka Streams does by timestamp). Anything still out of order is
-    the domain's to handle (parking, lifecycle checks)."""
+    are folded in the order they were appended, as Kafka Streams does by timestamp. Anything
+    still out of order is the domain's to handle (parking, lifecycle checks)."""
     by_partition: dict[tuple[str, int], list[EventT]] = {}
     for batch in batches:
         message = batch[0].message
         by_partition.setdefault((message.topic, message.partition), []).extend(batch)
     if len(by_partition) == 1:
-        return next(iter(by_partition.values()))
-    return list(heapq.merge(*by_partition.values(), key=_timestamp))
+        return iter(next(iter(by_partition.values())))
+    rank = tie_order or {}
+    return heapq.merge(
+        *by_partition.values(), key=lambda e: (_timestamp(e), rank.get(e.message.topic, 0))
+    )
+
+
+def _up_to(events: Iterable[EventT], cutoff: float) -> list[EventT]:
+    """The leading `events` with a timestamp at or before `cutoff`."""
+    return list(itertools.takewhile(lambda event: _timestamp(event) <= cutoff, events))
 
 
 def _timestamp(event: EventT) -> float:
@@ -321,7 +371,7 @@ class BatchDeliveryConsumer:
             while not (consumer_stopped() or fetcher_stopped()):
                 self_.diag.set_flag(CONSUMER_FETCHING)
                 fetched_in = self_.app.consumer_generation_id
-                records, active = await self_._wait_next_records(1.0)
+                records, active = await self._next_records(1.0, queues)
                 await asyncio.sleep(0)
                 if records and not self_.should_stop:
                     await self._deliver(records, active, queues, fetched_in)
@@ -341,6 +391,37 @@ class BatchDeliveryConsumer:
             raise
         finally:
             self_.diag.unset_flag(CONSUMER_FETCHING)
+
+    async def _next_records(
+        self, timeout: float, queues: dict[str, BatchQueue]
+    ) -> tuple[dict[TP, list[Any]], set[TP] | None]:  # pragma: no cover - needs a broker
+        """Faust's `_wait_next_records`, without the partitions a full batch queue throttles
+        (`BatchQueue.throttled`): aiokafka keeps the one fetch it may hold of such a partition
+        and fetches it no further until it is asked for again. When every active partition is
+        throttled, it waits (up to `timeout`) for room in the queues instead."""
+        self_: Any = self
+        if self_.app.client_only:
+            return await self_._wait_next_records(timeout)  # type: ignore[no-any-return]
+        if not self_.flow_active:
+            await self_.wait(self_.can_resume_flow)
+        try:
+            self_.not_waiting_next_records.set()
+            active: set[TP] = self_._get_active_partitions()
+            full = {
+                tp for tp in active
+                if (queue := queues.get(tp.topic)) is not None and queue.throttled(tp)
+            }  # fmt: skip
+            wanted = active - full if full else active
+            if wanted:
+                records = await self_._getmany(active_partitions=wanted, timeout=timeout)
+                return records, active
+            if active:
+                await _first_space({queues[tp.topic] for tp in full}, timeout)
+            else:
+                await self_.sleep(1)
+            return {}, active
+        finally:
+            self_.not_waiting_next_records.set()
 
     async def _deliver(
         self, records: dict[TP, list[Any]], active: set[TP] | None,

@@ -209,13 +209,14 @@ def register_batch_agent(
     batches of up to `batch_max` events or what came within `batch_within` seconds, and
     fail-stops on any error so that the batch is never acked.
 
-    With `app.batched_delivery` the batches are whole fetched batches (`lendstream.delivery`),
-    acked here once `process` returns; without, Faust's stream delivers them message by message
-    (`_register_stream_agent`).
+    With `app.batched_delivery` the batches come from the fetched records in time order
+    (`lendstream.delivery`), acked here once `process` returns; without, Faust's stream delivers
+    them message by message (`_register_stream_agent`).
 
-    Batched, PostgreSQL first, then the batches: until `ready`, fetched batches wait in the agent's
-    bounded queue (the fetcher waits when it is full); a rebalance or the end of a table
-    recovery empties it, and the partitions are read again from their committed offsets.
+    Batched, PostgreSQL first, then the batches: until `ready`, fetched records wait in the
+    agent's bounded queue (a full queue stops the fetches of its partitions); a rebalance or the
+    end of a table recovery empties it, and the partitions are read again from their committed
+    offsets.
     """
     if not getattr(app, "batched_delivery", False):
         _register_stream_agent(app, topic, name, process, batch_max, batch_within, ready)
@@ -223,6 +224,7 @@ def register_batch_agent(
     queue = BatchQueue(app, capacity=max(4 * batch_max, 4096))
     batch_queues: dict[str, BatchQueue] = app.batch_queues  # type: ignore[attr-defined]
     queue.topics.update(topic.topics)
+    queue.tie_order = {name: rank for rank, name in enumerate(topic.topics)}
     for topic_name in topic.topics:
         batch_queues[topic_name] = queue
     # Subscribed with the other topics at start-up (Faust subscribes an agent's topic when the

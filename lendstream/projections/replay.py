@@ -2,7 +2,7 @@
 into one order per partition, folding it with the live code, the rows of the rebuilt tables,
 and the progress line.
 
-Order: the loan processor consumes `loan-events`, `payment-events`, `payout-events` and
+Order: the loan processor consumes `loan-events`, `payout-events`, `payment-events` and
 `loan-control` together, and the messages of one loan sit in the same partition number of each.
 Across topics the live worker sees them in whatever order the fetches return; the domain is
 built to reach the same (causal) state in any interleaving, but an operator's command or a timer

@@ -12,8 +12,10 @@ PAYOUT_EVENTS = TopicSpec(payouts.TOPIC, "loan_id", payouts.EVENTS)
 TREASURY_EVENTS = TopicSpec(treasury.TOPIC, "partner_id", treasury.EVENTS)
 LOAN_CONTROL = TopicSpec(control.TOPIC, "loan_id", control.EVENTS)
 
-#: The co-partitioned, loan-keyed topics the loan processor consumes together.
-LOAN_KEYED = (LOAN_EVENTS, PAYMENT_EVENTS, PAYOUT_EVENTS)
+#: The co-partitioned, loan-keyed topics the loan processor consumes together, in the order of a
+#: loan's life (origination, payout, repayments): records with the same timestamp are folded
+#: in this order, live (`delivery.BatchQueue`) and in a rebuild (`projections.replay`).
+LOAN_KEYED = (LOAN_EVENTS, PAYOUT_EVENTS, PAYMENT_EVENTS)
 #: What the loan processor consumes: the loan-keyed topics and its control topic.
 LOAN_PROCESSOR_INPUTS = (*LOAN_KEYED, LOAN_CONTROL)
 #: Topics upstream systems (and the ingest endpoint) write.

@@ -1,6 +1,6 @@
 """`lendstream.delivery.BatchQueue` and `in_time_order` with a stand-in for the Faust app (no
-broker): order, the per-partition guard against records taken twice, generations, and the hold
-of a task whose other partitions have unfetched records. The consumer side is covered with the
+broker): order, the per-partition guard against records taken twice, generations, the cutoff
+and the hold of a task whose other partitions have unfetched records, and the bound. The consumer side is covered with the
 real broker by the chaos and integration tests run with `LENDSTREAM_BATCHED_DELIVERY=true`."""
 
 from __future__ import annotations
@@ -79,10 +79,58 @@ def test_in_time_order_merges_partitions_by_timestamp_keeping_each_partitions_or
     ]  # fmt: skip
 
 
-def make_queue(consumer: FakeConsumer) -> BatchQueue:
-    queue = BatchQueue(FakeApp(consumer), capacity=100)  # type: ignore[arg-type]
+def test_in_time_order_breaks_ties_by_the_topics_rank() -> None:
+    payout = batch("payout-events", 0, range(0, 1), t0=5)
+    loan = batch("loan-events", 0, range(0, 1), t0=5)
+    merged = list(in_time_order([payout, loan], {"loan-events": 0, "payout-events": 1}))
+    assert offsets(merged) == [("loan-events", 0), ("payout-events", 0)]
+
+
+def make_queue(consumer: FakeConsumer, capacity: int = 100) -> BatchQueue:
+    queue = BatchQueue(FakeApp(consumer), capacity=capacity)  # type: ignore[arg-type]
     queue.topics.update({"loan-events", "payout-events"})
+    queue.tie_order = {"loan-events": 0, "payout-events": 1}
     return queue
+
+
+async def test_a_task_goes_up_to_the_newest_record_queued_of_each_partition_still_fetching() -> (
+    None
+):
+    loans, payouts = TP("loan-events", 0), TP("payout-events", 0)
+    consumer = FakeConsumer(assigned={loans, payouts}, highwaters={loans: 50, payouts: 50})
+    consumer._read_offset.update({loans: 9, payouts: 2})
+    queue = make_queue(consumer)
+    await queue.put(batch("loan-events", 0, range(0, 10)))  # timestamps 0..9
+    await queue.put(batch("payout-events", 0, range(0, 3)))  # 0..2; more on the broker
+    taken = await queue.take(100, within=0)
+    assert offsets(taken) == [
+        ("loan-events", 0), ("payout-events", 0), ("loan-events", 1), ("payout-events", 1),
+        ("loan-events", 2), ("payout-events", 2),
+    ]  # fmt: skip
+
+    consumer._read_offset[payouts] = 5
+    await queue.put(batch("payout-events", 0, range(3, 6)))  # 3..5
+    assert offsets(await queue.take(2, within=0)) == [("loan-events", 3), ("payout-events", 3)]
+    assert offsets(await queue.take(100, within=0)) == [
+        ("loan-events", 4), ("payout-events", 4), ("loan-events", 5), ("payout-events", 5),
+    ]  # fmt: skip
+
+    consumer.highwaters[payouts] = 6  # all of payout-events:0 fetched: nothing holds loans back
+    assert offsets(await queue.take(100, within=0)) == [("loan-events", o) for o in range(6, 10)]
+
+
+async def test_a_full_queue_throttles_only_the_partitions_it_holds_records_of() -> None:
+    loans, payouts = TP("loan-events", 0), TP("payout-events", 0)
+    queue = make_queue(FakeConsumer(assigned={loans, payouts}), capacity=5)
+    await queue.put(batch("loan-events", 0, range(0, 6)))
+    assert queue.throttled(loans)
+    assert not queue.throttled(payouts)  # a task may be waiting for it
+    space = asyncio.ensure_future(queue.wait_for_space())
+    await asyncio.sleep(0.01)
+    assert not space.done()
+    assert len(await queue.take(3, within=0)) == 3
+    await asyncio.wait_for(space, 1)
+    assert not queue.throttled(loans)
 
 
 async def test_records_taken_once_per_partition_and_old_generations_dropped() -> None:
