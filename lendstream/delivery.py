@@ -401,7 +401,7 @@ class BatchDeliveryConsumer:
         throttled, it waits (up to `timeout`) for room in the queues instead."""
         self_: Any = self
         if self_.app.client_only:
-            return await self_._wait_next_records(timeout)  # type: ignore[no-any-return]
+            return await self_._wait_next_records(timeout)
         if not self_.flow_active:
             await self_.wait(self_.can_resume_flow)
         try:
