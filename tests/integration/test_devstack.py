@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 import urllib.request
 from collections import deque
 from collections.abc import Iterator
@@ -120,6 +121,22 @@ def test_dev_simulate_runs_the_gateway_simulator_and_stops_everything(tmp_path: 
         shutil.rmtree(data_dir, ignore_errors=True)
 
 
+def stop_diagnostics(output: Output, data_dir: Path) -> str:
+    """What `dev` printed so far, its processes and the end of the worker's log: for a `dev`
+    that did not stop in time."""
+    time.sleep(1)
+    while not output._queue.empty():
+        line = output._queue.get()
+        if line is not None:
+            output.lines.append(line)
+    processes = subprocess.run(["ps", "-eo", "pid,ppid,etime,args"], capture_output=True,
+                               text=True).stdout  # fmt: skip
+    log = data_dir / "logs" / "worker.log"
+    tail = log.read_text(errors="replace").splitlines()[-60:] if log.exists() else []
+    return "\n".join(["dev did not stop within 120 s; its output:", *output.lines,
+                      "processes:", processes, f"end of {log}:", *tail])  # fmt: skip
+
+
 def run_until_ctrl_c(proc: subprocess.Popen[str], output: Output, data_dir: Path) -> None:
     try:
         started = output.wait_for(SIMULATOR_STARTED)
@@ -141,6 +158,8 @@ def run_until_ctrl_c(proc: subprocess.Popen[str], output: Output, data_dir: Path
         proc.send_signal(signal.SIGINT)  # Ctrl-C
         try:
             proc.wait(timeout=120)
+        except subprocess.TimeoutExpired as stuck:
+            raise AssertionError(stop_diagnostics(output, data_dir)) from stuck
         finally:
             stop_process(proc.pid)
     everything = output.rest()
