@@ -150,6 +150,9 @@ def _say(text: str) -> None:
 
 
 def _stop_on_signals() -> asyncio.Event:
+    """Ctrl-C (SIGINT) and SIGTERM stop `dev`. SIGINT gets the handler explicitly: a process
+    started in the background by a non-interactive shell (a CI script's `cmd &`) inherits SIGINT
+    ignored, and Python then never raises KeyboardInterrupt for it."""
     stop = asyncio.Event()
 
     def handler(signum: int, frame: object) -> None:
@@ -157,6 +160,7 @@ def _stop_on_signals() -> asyncio.Event:
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGINT, handler)
     return stop
 
 
