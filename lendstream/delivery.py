@@ -6,9 +6,9 @@ stream hands it on — ~110 to 150 µs of CPU per record here, which capped one 
 records/s whatever the agent did (docs/performance.md). `BatchDeliveryConsumer` keeps Faust's
 consumer (group membership, assignment, fetcher, table recovery, offset commits) and replaces
 only that loop: the records of a partition that a `BatchQueue` claims are put on it as one list
-of Faust events, and the agent takes them from there in batches. A table's changelog records go, whole batches again, to the table recovery
-(`ChangelogBatches`, `recovery.BatchedRecovery`); all other records (other agents' topics) take
-Faust's own path.
+of Faust events, and the agent takes them from there in batches. A table's changelog records
+go, whole batches again, to the table recovery (`ChangelogBatches`, `recovery.BatchedRecovery`);
+all other records (other agents' topics) take Faust's own path.
 
 Offsets are committed from what the agent has processed, not from Faust's acks: for a batch
 agent's partition the committable offset is one past the last offset of the last batch it
@@ -49,7 +49,7 @@ import itertools
 import math
 import time
 from collections import deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 import faust
@@ -151,12 +151,11 @@ class BatchQueue:
         """The events that may go now (see `take`), removed from the queue, and how long the
         next hold may still wait."""
         cutoffs, wait = self._cutoffs(time.monotonic())
-        prefixes: list[list[EventT]] = []
-        for tp, queued in self._queued.items():
-            prefix = _up_to(queued, cutoffs.get(tp.partition, math.inf))
-            if prefix:
-                prefixes.append(prefix)
-        events = list(itertools.islice(in_time_order(prefixes, self.tie_order), max_events))
+        prefixes = [
+            _up_to(queued, cutoffs.get(tp.partition, math.inf))
+            for tp, queued in self._queued.items()
+        ]  # lazy: only the `max_events` merged first are read
+        events = list(itertools.islice(_merged(prefixes, self.tie_order), max_events))
         for event in events:
             self._queued[event.message.tp].popleft()
         self._size -= len(events)
@@ -316,17 +315,23 @@ def in_time_order(
     for batch in batches:
         message = batch[0].message
         by_partition.setdefault((message.topic, message.partition), []).extend(batch)
-    if len(by_partition) == 1:
-        return iter(next(iter(by_partition.values())))
+    return _merged(list(by_partition.values()), tie_order)
+
+
+def _merged(
+    partitions: Sequence[Iterable[EventT]], tie_order: dict[str, int] | None = None
+) -> Iterator[EventT]:
+    """The events of `partitions` (one iterable per partition, in offset order) merged as
+    `in_time_order` says, lazily."""
+    if len(partitions) == 1:
+        return iter(partitions[0])
     rank = tie_order or {}
-    return heapq.merge(
-        *by_partition.values(), key=lambda e: (_timestamp(e), rank.get(e.message.topic, 0))
-    )
+    return heapq.merge(*partitions, key=lambda e: (_timestamp(e), rank.get(e.message.topic, 0)))
 
 
-def _up_to(events: Iterable[EventT], cutoff: float) -> list[EventT]:
-    """The leading `events` with a timestamp at or before `cutoff`."""
-    return list(itertools.takewhile(lambda event: _timestamp(event) <= cutoff, events))
+def _up_to(events: Iterable[EventT], cutoff: float) -> Iterator[EventT]:
+    """The leading `events` with a timestamp at or before `cutoff`, lazily."""
+    return itertools.takewhile(lambda event: _timestamp(event) <= cutoff, events)
 
 
 def _timestamp(event: EventT) -> float:
