@@ -65,6 +65,13 @@ class Output:
                 raise AssertionError(f"no line matches {pattern!r}:\n" + "\n".join(self.lines))
             self.lines.append(line)
 
+    def so_far(self) -> str:
+        """The lines printed until now, without waiting for more."""
+        while not self._queue.empty():
+            if (line := self._queue.get()) is not None:
+                self.lines.append(line)
+        return "\n".join(self.lines)
+
     def rest(self) -> str:
         while (line := self._queue.get()) is not None:
             self.lines.append(line)
@@ -124,16 +131,13 @@ def test_dev_simulate_runs_the_gateway_simulator_and_stops_everything(tmp_path: 
 def stop_diagnostics(output: Output, data_dir: Path) -> str:
     """What `dev` printed so far, its processes and the end of the worker's log: for a `dev`
     that did not stop in time."""
-    time.sleep(1)
-    while not output._queue.empty():
-        line = output._queue.get()
-        if line is not None:
-            output.lines.append(line)
+    time.sleep(1)  # for the reader thread to catch up
+    printed = output.so_far()
     processes = subprocess.run(["ps", "-eo", "pid,ppid,etime,args"], capture_output=True,
                                text=True).stdout  # fmt: skip
     log = data_dir / "logs" / "worker.log"
     tail = log.read_text(errors="replace").splitlines()[-60:] if log.exists() else []
-    return "\n".join(["dev did not stop within 120 s; its output:", *output.lines,
+    return "\n".join(["dev did not stop within 120 s; its output:", printed,
                       "processes:", processes, f"end of {log}:", *tail])  # fmt: skip
 
 
