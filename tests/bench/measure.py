@@ -171,6 +171,10 @@ class Latency:
     visible_p99: float  # (an upper bound: polled every WATCH_SECONDS)
     event_log_p50: float  # per record: Kafka timestamp -> event_log.recorded_at
     event_log_p99: float  # (a lower bound: taken before the transaction's statements)
+    batches: int = 0  # projection transactions during (c), from the worker's histograms
+    batch_mean: float = math.nan  # events per transaction
+    commit_mean: float = math.nan  # seconds per transaction
+    commit_p99: float = math.nan  # (bucketed)
 
 
 @dataclass
@@ -417,7 +421,7 @@ class Bench:
         and `event_log_latencies`)."""
         o = self.options
         port = int(worker.overrides["web_port"])
-        before = await scrape_histogram(port)
+        before = await scrape_histograms(port)
         start = dict(self.pipe.ends)
         async with _positions_reader(self.pipe) as read_positions:
             watcher = asyncio.create_task(_watch_positions(read_positions))
@@ -432,8 +436,10 @@ class Bench:
                 watcher.cancel()
             polls = await watcher
         await asyncio.sleep(0.5)  # the histogram is observed just after the commit
-        after = await scrape_histogram(port)
-        delta = {le: after[le] - before.get(le, 0.0) for le in after}
+        after = await scrape_histograms(port)
+        delta = buckets_of(histogram_delta(before, after, END_TO_END))
+        batches = histogram_delta(before, after, BATCH_SIZE)
+        commits = histogram_delta(before, after, COMMIT_SECONDS)
         appended = await record_timestamps(self.bootstrap, start, self.pipe.ends)
         visible = visible_latencies(appended, polls)
         logged = await self.event_log_latencies(appended)
@@ -447,6 +453,10 @@ class Bench:
             visible_p99=quantile(visible, 0.99),
             event_log_p50=quantile(logged, 0.50),
             event_log_p99=quantile(logged, 0.99),
+            batches=int(batches.get("count", 0)),
+            batch_mean=mean_of(batches),
+            commit_mean=mean_of(commits),
+            commit_p99=histogram_quantile(buckets_of(commits), 0.99),
         )
 
     async def event_log_latencies(self, appended: dict[tuple[str, int, int], float]) -> list[float]:
@@ -800,21 +810,44 @@ async def record_timestamps(
     return out
 
 
-async def scrape_histogram(port: int, projection: str = "loans") -> dict[float, float]:
-    """Cumulative bucket counts of `lendstream_end_to_end_seconds` on a worker's /metrics."""
+END_TO_END = "lendstream_end_to_end_seconds"
+BATCH_SIZE = "lendstream_projection_batch_size"
+COMMIT_SECONDS = "lendstream_projection_commit_seconds"
+Histograms = dict[str, dict[str, float]]  # family -> {"le" bound as text, "sum", "count"}
+
+
+async def scrape_histograms(port: int, projection: str = "loans") -> Histograms:
+    """Cumulative bucket counts, sum and count of the end-to-end, batch size and commit time
+    histograms of `projection` on a worker's /metrics."""
     async with (
         aiohttp.ClientSession() as session,
         session.get(f"http://127.0.0.1:{port}/metrics") as response,
     ):
         text = await response.text()
-    buckets: dict[float, float] = {}
+    out: Histograms = {END_TO_END: {}, BATCH_SIZE: {}, COMMIT_SECONDS: {}}
     for family in text_string_to_metric_families(text):
-        if family.name != "lendstream_end_to_end_seconds":
+        if family.name not in out:
             continue
         for sample in family.samples:
-            if sample.name.endswith("_bucket") and sample.labels.get("projection") == projection:
-                buckets[float(sample.labels["le"])] = sample.value
-    return buckets
+            if sample.labels.get("projection") != projection:
+                continue
+            suffix = sample.name.rsplit("_", 1)[-1]
+            key = sample.labels["le"] if suffix == "bucket" else suffix
+            out[family.name][key] = sample.value
+    return out
+
+
+def histogram_delta(before: Histograms, after: Histograms, name: str) -> dict[str, float]:
+    return {k: v - before[name].get(k, 0.0) for k, v in after[name].items()}
+
+
+def buckets_of(histogram: dict[str, float]) -> dict[float, float]:
+    return {float(k): v for k, v in histogram.items() if k not in ("sum", "count")}
+
+
+def mean_of(histogram: dict[str, float]) -> float:
+    count = histogram.get("count", 0.0)
+    return histogram.get("sum", 0.0) / count if count else float("nan")
 
 
 def histogram_quantile(cumulative: dict[float, float], q: float) -> float:

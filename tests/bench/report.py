@@ -60,6 +60,9 @@ def rows(results: Results) -> list[Row]:
             ),
             Row("    p50 append -> event_log.recorded_at", lat.event_log_p50 * 1000, "ms"),
             Row("    p99 append -> event_log.recorded_at", lat.event_log_p99 * 1000, "ms"),
+            Row(f"    projection transactions ({lat.batches:,}), events each", lat.batch_mean, ""),
+            Row("    transaction time, mean", lat.commit_mean * 1000, "ms"),
+            Row("    transaction time, p99 (histogram)", lat.commit_p99 * 1000, "ms"),
         ]
     if r := results.restore:
         out.append(
