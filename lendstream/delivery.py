@@ -78,6 +78,10 @@ class BatchQueue:
         self._space.set()
         self._last_taken: dict[TP, int] = {}
         self._held_since: dict[int, float] = {}
+        #: Since when (monotonic) records have waited in the queue: set when an empty queue
+        #: gets records, and at each take that leaves some behind. `take`'s `within` counts
+        #: from here.
+        self._waiting_since: float | None = None
         self.topics: set[str] = set()  # the topics whose records come here
         #: Rank of a topic among records with the same timestamp (lower first); see `take`.
         self.tie_order: dict[str, int] = {}
@@ -87,6 +91,7 @@ class BatchQueue:
         self._queued.clear()
         self._size = 0
         self._held_since.clear()
+        self._waiting_since = None
         self._filled.clear()
         self._space.set()
 
@@ -95,6 +100,8 @@ class BatchQueue:
         kept by the fetcher (`throttled`)."""
         if not events:
             return
+        if not self._size:
+            self._waiting_since = time.monotonic()
         self._queued.setdefault(events[0].message.tp, deque()).extend(events)
         self._size += len(events)
         self._filled.set()
@@ -112,7 +119,9 @@ class BatchQueue:
 
     async def take(self, max_events: int, within: float) -> list[EventT]:
         """Up to `max_events` queued events, in time order (`in_time_order`), once any can go:
-        after waiting up to `within` seconds for `max_events` to be queued.
+        when `max_events` are queued, or when the queue's records have waited `within` seconds
+        (counted from their arrival, not from the call: a batch that took longer than `within`
+        to process is followed at once by the next, made of what arrived meanwhile).
 
         Per task — one partition number across the co-partitioned topics, i.e. one set of
         loans — only events up to the task's *cutoff* go: the oldest of the newest timestamps
@@ -159,6 +168,8 @@ class BatchQueue:
         for event in events:
             self._queued[event.message.tp].popleft()
         self._size -= len(events)
+        if events:  # what stays behind waits `within` again (held records do not count)
+            self._waiting_since = time.monotonic() if self._size else None
         return events, wait
 
     def _cutoffs(self, now: float) -> tuple[dict[int, float], float]:
@@ -191,10 +202,11 @@ class BatchQueue:
         return cutoffs, max(wait, 0.01)
 
     async def _fill(self, max_events: int, within: float) -> None:
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + within
+        """Return when `max_events` are queued or the queued records have waited `within`."""
+        since = time.monotonic() if self._waiting_since is None else self._waiting_since
+        deadline = since + within
         while self._size < max_events:
-            remaining = deadline - loop.time()
+            remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return
             self._filled.clear()

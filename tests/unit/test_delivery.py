@@ -177,6 +177,27 @@ async def test_a_task_waits_for_its_partition_with_unfetched_records_then_goes_a
     assert asyncio.get_running_loop().time() - started >= 0.25
 
 
+async def test_within_counts_from_the_records_arrival_not_from_the_take() -> None:
+    queue = make_queue(FakeConsumer())
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    await queue.put(batch("loan-events", 0, range(0, 2)))
+    assert len(await queue.take(100, within=0.2)) == 2  # nothing more came: waited `within`
+    assert loop.time() - started >= 0.19
+
+    await queue.put(batch("loan-events", 0, range(2, 4)))
+    await asyncio.sleep(0.25)  # as if the last batch took longer than `within` to process
+    started = loop.time()
+    assert len(await queue.take(100, within=0.2)) == 2  # these have waited long enough
+    assert loop.time() - started < 0.15
+
+    await queue.put(batch("loan-events", 0, range(4, 6)))
+    assert len(await queue.take(1, within=0.2)) == 1  # full at once
+    started = loop.time()
+    assert len(await queue.take(100, within=0.2)) == 1  # what stayed behind waits again
+    assert loop.time() - started >= 0.19
+
+
 async def test_changelog_batches_come_out_whole_in_order_and_bounded() -> None:
     app = FakeApp(FakeConsumer())
     batches = ChangelogBatches(app, capacity=3)  # type: ignore[arg-type]
