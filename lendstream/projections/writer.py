@@ -94,13 +94,17 @@ class CheckpointedWriter(Generic[T]):
         staged: outbox.Staged | None = None,
     ) -> int:
         """Write `items` and `staged` records, and advance positions to `ends` ((topic,
-        partition) -> last offset).
+        partition) -> last offset). `timestamps` are the Kafka timestamps of the batch's
+        messages, one each: the end-to-end histogram observes them, and the batch size
+        histogram their number (the number of items if there are none: a projection may put a
+        whole batch in one item).
 
         Returns how many items were new. Retries until PostgreSQL takes the batch.
         """
         started = time.perf_counter()
         written = await self._retrying(lambda: self._commit_once(items, ends, staged))
-        self._committed(len(items), time.perf_counter() - started, timestamps)
+        size = len(timestamps) or len(items)
+        self._committed(size, time.perf_counter() - started, timestamps)
         return written
 
     async def fetch(self, sql: str, *args: Any) -> list[asyncpg.Record]:

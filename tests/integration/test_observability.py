@@ -131,6 +131,9 @@ async def test_lag_follows_a_burst_and_matches_postgres(pipeline: Pipeline) -> N
         end + 1 for end in pipeline.ends.values()
     )
     assert final.value("lendstream_projection_batch_size_count", projection="loans") > 0
+    assert final.value("lendstream_projection_batch_size_sum", projection="loans") == final.value(
+        "lendstream_end_to_end_seconds_count", projection="loans"
+    )  # a batch's size is its messages, not the one item the loan projection commits
     assert final.value("lendstream_table_recovery_remaining", table="loans") == 0
     assert final.value("lendstream_worker_ready") == 1
     assert final.value("lendstream_pg_pool_max_connections") == settings.pg_pool_max
