@@ -175,6 +175,7 @@ class Latency:
     batch_mean: float = math.nan  # events per transaction
     commit_mean: float = math.nan  # seconds per transaction
     commit_p99: float = math.nan  # (bucketed)
+    cpu_us_per_event: dict[str, float] = field(default_factory=dict)  # workers, services
 
 
 @dataclass
@@ -423,6 +424,9 @@ class Bench:
         port = int(worker.overrides["web_port"])
         before = await scrape_histograms(port)
         start = dict(self.pipe.ends)
+        worker_cpu: dict[int, float] = {}
+        _sample_cpu([worker], worker_cpu)
+        cpu_before = self._cpu_seconds(worker_cpu)
         async with _positions_reader(self.pipe) as read_positions:
             watcher = asyncio.create_task(_watch_positions(read_positions))
             try:
@@ -435,6 +439,8 @@ class Bench:
             finally:
                 watcher.cancel()
             polls = await watcher
+        _sample_cpu([worker], worker_cpu)
+        cpu_used = _minus(self._cpu_seconds(worker_cpu), cpu_before)
         await asyncio.sleep(0.5)  # the histogram is observed just after the commit
         after = await scrape_histograms(port)
         delta = buckets_of(histogram_delta(before, after, END_TO_END))
@@ -457,6 +463,7 @@ class Bench:
             batch_mean=mean_of(batches),
             commit_mean=mean_of(commits),
             commit_p99=histogram_quantile(buckets_of(commits), 0.99),
+            cpu_us_per_event={k: v * 1e6 / max(produced.events, 1) for k, v in cpu_used.items()},
         )
 
     async def event_log_latencies(self, appended: dict[tuple[str, int, int], float]) -> list[float]:

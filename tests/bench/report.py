@@ -63,6 +63,10 @@ def rows(results: Results) -> list[Row]:
             Row(f"    projection transactions ({lat.batches:,}), events each", lat.batch_mean, ""),
             Row("    transaction time, mean", lat.commit_mean * 1000, "ms"),
             Row("    transaction time, p99 (histogram)", lat.commit_p99 * 1000, "ms"),
+            *[
+                Row(f"    CPU per event: {who}", us, "us")
+                for who, us in lat.cpu_us_per_event.items()
+            ],
         ]
     if r := results.restore:
         out.append(
