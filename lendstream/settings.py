@@ -109,7 +109,8 @@ class Settings(BaseSettings):
     # 2,000 every loan was written about three times as often (docs/performance.md)
     batch_max: int = Field(default=10_000, ge=1, le=100_000)
     # 0.1: counted from the oldest queued record's arrival; at 2,000 events/s p99 from append to
-    # commit 0.31-0.38 s (0.2: 0.50-0.68 s), at ~15% more worker CPU (docs/performance.md)
+    # commit 0.31-0.38 s (0.2: 0.50-0.68 s), worker CPU per event the same within the noise
+    # (0.05: ~17% more, p99 no better); docs/performance.md
     batch_within: Duration = 0.1
     # true: agents take fetched records in time-ordered batches (lendstream.delivery); false:
     # Faust's stream
