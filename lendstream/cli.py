@@ -253,6 +253,7 @@ def _schema(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _projections(settings: Settings, args: argparse.Namespace) -> int:
+    from lendstream.gc_tuning import tune_gc
     from lendstream.kafka import with_broker
     from lendstream.pg import resolve_dsn
     from lendstream.projections.rebuild import run_rebuild
@@ -266,6 +267,7 @@ def _projections(settings: Settings, args: argparse.Namespace) -> int:
     import asyncpg
 
     settings = with_broker(settings)
+    tune_gc()
     try:
         report = run_rebuild(settings, resolve_dsn(settings), settings.bootstrap_servers,
                              kafka_client_options(settings), say=_say_progress)  # fmt: skip
