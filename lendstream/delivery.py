@@ -164,7 +164,7 @@ class BatchQueue:
             _up_to(queued, cutoffs.get(tp.partition, math.inf))
             for tp, queued in self._queued.items()
         ]  # lazy: only the `max_events` merged first are read
-        events = list(itertools.islice(_merged(prefixes, self.tie_order), max_events))
+        events = list(itertools.islice(in_time_order(prefixes, self.tie_order), max_events))
         for event in events:
             self._queued[event.message.tp].popleft()
         self._size -= len(events)
@@ -314,27 +314,15 @@ def _has_unfetched(consumer: Any, tp: TP) -> bool:
 
 
 def in_time_order(
-    batches: list[list[EventT]], tie_order: dict[str, int] | None = None
+    partitions: Sequence[Iterable[EventT]], tie_order: dict[str, int] | None = None
 ) -> Iterator[EventT]:
-    """The events of `batches` (each from one partition, in offset order), each partition's
-    kept in offset order, the partitions merged by record timestamp; records with the same
-    timestamp by their topic's rank in `tie_order` (lower first).
+    """The events of `partitions` (one iterable per partition, in offset order), lazily: each
+    partition's kept in offset order, the partitions merged by record timestamp; records with
+    the same timestamp by their topic's rank in `tie_order` (lower first).
 
     Kafka orders nothing across topics; a loan's events on `loan-events` and `payout-events`
     are folded in the order they were appended, as Kafka Streams does by timestamp. Anything
     still out of order is the domain's to handle (parking, lifecycle checks)."""
-    by_partition: dict[tuple[str, int], list[EventT]] = {}
-    for batch in batches:
-        message = batch[0].message
-        by_partition.setdefault((message.topic, message.partition), []).extend(batch)
-    return _merged(list(by_partition.values()), tie_order)
-
-
-def _merged(
-    partitions: Sequence[Iterable[EventT]], tie_order: dict[str, int] | None = None
-) -> Iterator[EventT]:
-    """The events of `partitions` (one iterable per partition, in offset order) merged as
-    `in_time_order` says, lazily."""
     if len(partitions) == 1:
         return iter(partitions[0])
     rank = tie_order or {}

@@ -72,7 +72,7 @@ def test_in_time_order_merges_partitions_by_timestamp_keeping_each_partitions_or
     a = batch("loan-events", 0, range(0, 3), t0=10)  # timestamps 10, 11, 12
     b = batch("payout-events", 0, range(0, 2), t0=10.5)  # 10.5, 11.5
     late = batch("loan-events", 0, range(3, 4), t0=0)  # offset 3, timestamp 3: still after 2
-    merged = in_time_order([a, b, late])
+    merged = list(in_time_order([a + late, b]))
     assert offsets(merged) == [
         ("loan-events", 0), ("payout-events", 0), ("loan-events", 1), ("payout-events", 1),
         ("loan-events", 2), ("loan-events", 3),
