@@ -399,7 +399,7 @@ class Bench:
             rate_with_startup=total / (finished - started),
             peak_rss_mb=[rss_mb(w.pid, peak=True) for w in live],
             startup_rss_mb=startup_rss,
-            cpu_us_per_event={k: v * 1e6 / max(total - first_done, 1) for k, v in cpu_used.items()},
+            cpu_us_per_event=us_per_event(cpu_used, total - first_done),
             fail_stops=pipe.fail_stops,
             disruptions=list(chaos.done) if chaos else [],
         )
@@ -463,7 +463,7 @@ class Bench:
             batch_mean=mean_of(batches),
             commit_mean=mean_of(commits),
             commit_p99=histogram_quantile(buckets_of(commits), 0.99),
-            cpu_us_per_event={k: v * 1e6 / max(produced.events, 1) for k, v in cpu_used.items()},
+            cpu_us_per_event=us_per_event(cpu_used, produced.events),
         )
 
     async def event_log_latencies(self, appended: dict[tuple[str, int, int], float]) -> list[float]:
@@ -586,7 +586,7 @@ class Bench:
             swap_seconds=max(seconds - fold_seconds, 0.0),
             swap_observed=bool(swap_at),
             peak_rss_mb=peak_rss,
-            cpu_us_per_event={k: v * 1e6 / max(events, 1) for k, v in cpu_used.items()},
+            cpu_us_per_event=us_per_event(cpu_used, events),
             startup_cpu_seconds=cpu_at_start.get("rebuild", 0.0),
             profile=profile_summary,
         )
@@ -714,6 +714,11 @@ def _rebuild_phase(query: str) -> str:
     ):
         return ""
     return "fold"
+
+
+def us_per_event(cpu_seconds: dict[str, float], events: int) -> dict[str, float]:
+    """Microseconds of CPU per event, per process name (`events` of 0 counts as 1)."""
+    return {name: seconds * 1e6 / max(events, 1) for name, seconds in cpu_seconds.items()}
 
 
 def _minus(after: dict[str, float], before: dict[str, float]) -> dict[str, float]:
