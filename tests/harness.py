@@ -85,6 +85,7 @@ class Pipeline:
     root: Path
     workers: list[WorkerProcess] = field(default_factory=list)
     fail_stops: int = 0
+    fail_stop_logs: list[str] = field(default_factory=list)  # the end of each one's log
     ends: dict[tuple[str, int], int] = field(default_factory=dict)
 
     def start_worker(
@@ -116,6 +117,7 @@ class Pipeline:
             code = worker.proc.poll()
             if code == FAIL_STOP_EXIT_CODE:
                 self.fail_stops += 1
+                self.fail_stop_logs.append(f"{worker.name}:\n{worker.log_tail()}")
                 assert self.fail_stops <= MAX_FAIL_STOPS, (
                     f"worker keeps failing:\n{worker.log_tail()}"
                 )
@@ -211,7 +213,9 @@ class Pipeline:
 
     def assert_no_crash(self) -> None:
         """No worker restarted an agent, crashed, or stopped itself because of input."""
-        assert self.fail_stops == 0, "a worker stopped itself (fail-stop)"
+        assert self.fail_stops == 0, "a worker stopped itself (fail-stop):\n" + "\n".join(
+            self.fail_stop_logs
+        )
         for worker in self.workers:
             text = worker.log_path.read_text(errors="replace")
             for sign in ("Traceback", "crashed", "restarting"):
