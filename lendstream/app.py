@@ -181,7 +181,7 @@ def create_app(
     recovery = BatchedRecovery if settings.batched_delivery else FixedRecovery
     app.tables._recovery = recovery(app, app.tables, beacon=app.tables.beacon)  # type: ignore[attr-defined]
     writer: CheckpointedWriter[loan_projection.BatchRows] = CheckpointedWriter(
-        pool=None,  # type: ignore[arg-type]  # set once the pool exists (on_start below)
+        pool=None,  # set once the pool exists (on_start below)
         schema=settings.pg_schema,
         projection=loan_projection.PROJECTION,
         apply=loan_projection.make_apply(settings.pg_schema),
@@ -255,7 +255,7 @@ def _register_treasury(app: faust.App, runtime: Runtime, outbox: Outbox) -> None
         partitions=settings.partitions,
     )  # fmt: skip
     writer: CheckpointedWriter[treasury_projection.TreasuryRows] = CheckpointedWriter(
-        pool=None,  # type: ignore[arg-type]  # set once the pool exists
+        pool=None,  # set once the pool exists
         schema=settings.pg_schema,
         projection=treasury_projection.PROJECTION,
         apply=treasury_projection.make_apply(settings.pg_schema),
@@ -403,7 +403,7 @@ def health_reasons(app: faust.App, runtime: Runtime) -> list[str]:
             reasons.append(f"PostgreSQL unavailable for {writer.projection}: {writer.last_error}")
     if app.rebalancing:
         reasons.append("rebalancing")
-    if not app.tables.recovery.completed.is_set():
+    if not app.tables.recovery.completed.is_set():  # type: ignore[attr-defined]
         reasons.append("recovering tables from changelogs")
     for check in runtime.health_checks:
         reasons.extend(check())

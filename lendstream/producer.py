@@ -18,7 +18,7 @@ def kafka_producer(bootstrap: str | list[str], **options: object) -> AIOKafkaPro
     """An aiokafka producer with lendstream's defaults (acks=all, murmur2 key partitioning)."""
     config: dict[str, object] = {"acks": "all", "linger_ms": 5, "max_batch_size": 256 * 1024}
     config.update(options)
-    return AIOKafkaProducer(bootstrap_servers=bootstrap, **config)  # type: ignore[arg-type]
+    return AIOKafkaProducer(bootstrap_servers=bootstrap, **config)
 
 
 def settings_producer(settings: Settings, **options: object) -> AIOKafkaProducer:
@@ -48,6 +48,9 @@ async def produce_all(
         pending.clear()
 
     for item in messages:
+        topic: str
+        key: bytes | None
+        value: bytes | None
         if isinstance(item, Produced):
             topic, key, value = item.topic, item.key.encode(), orjson.dumps(item.value)
         else:

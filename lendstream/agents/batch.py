@@ -13,7 +13,7 @@ import contextlib
 import logging
 import os
 import weakref
-from collections.abc import Awaitable, Callable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
 from typing import Any, NoReturn, TypeVar
 
 import faust
@@ -61,11 +61,13 @@ def to_message(event: EventT, specs: Mapping[str, TopicSpec]) -> Message:
     )
 
 
-def _headers(headers: object) -> tuple[tuple[str, bytes], ...]:
+def _headers(
+    headers: Mapping[Any, Any] | Iterable[tuple[Any, Any]] | None,
+) -> tuple[tuple[str, bytes], ...]:
     if not headers:
         return ()
     items = headers.items() if isinstance(headers, Mapping) else headers
-    return tuple((str(k), v if isinstance(v, bytes) else str(v).encode()) for k, v in items)  # type: ignore[union-attr]
+    return tuple((str(k), v if isinstance(v, bytes) else str(v).encode()) for k, v in items)
 
 
 log = logging.getLogger(__name__)

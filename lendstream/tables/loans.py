@@ -26,7 +26,7 @@ _SAGA_DATETIME_FIELDS = ("started_at", "updated_at", "deadline_at", "wake_at")
 
 
 def declare(app: faust.App, settings: Settings) -> faust.Table:
-    return app.Table(
+    table = app.Table(
         NAME,
         partitions=settings.partitions,
         key_type=bytes,  # bytes types make Faust use the raw serializer
@@ -35,6 +35,8 @@ def declare(app: faust.App, settings: Settings) -> faust.Table:
         recovery_buffer_size=10_000,
         help="loan_id -> loan state, applied event ids and parked queue",
     )
+    assert isinstance(table, faust.Table)  # what `app.Table` makes; typed as its protocol
+    return table
 
 
 def encode(keyed: Keyed[Loan], saga: PayoutSaga | None = None) -> bytes:

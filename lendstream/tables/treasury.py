@@ -22,7 +22,7 @@ NAME = "credit_lines"
 
 
 def declare(app: faust.App, settings: Settings) -> faust.Table:
-    return app.Table(
+    table = app.Table(
         NAME,
         partitions=settings.partitions,
         key_type=bytes,
@@ -30,6 +30,8 @@ def declare(app: faust.App, settings: Settings) -> faust.Table:
         options=store.options(settings),
         help="partner_id -> credit line, holds per payout, seq",
     )
+    assert isinstance(table, faust.Table)  # what `app.Table` makes; typed as its protocol
+    return table
 
 
 def encode(line: CreditLine, seq: int) -> bytes:

@@ -57,7 +57,7 @@ class TopicSpec:
     latest: Mapping[str, int] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        union = Annotated[Union[self.events], Field(discriminator="type")]  # noqa: UP007
+        union = Annotated[Union[self.events], Field(discriminator="type")]  # type: ignore[name-defined]  # noqa: UP007
         object.__setattr__(self, "adapter", TypeAdapter(union))
         latest = {
             e.model_fields["type"].annotation.__args__[0]: e.LATEST_SCHEMA_VERSION  # type: ignore[union-attr]
