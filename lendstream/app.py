@@ -218,8 +218,9 @@ def create_app(
         Outbox(produce, generation), saga_policy(settings, policy), gateway, dead_letters,
     )  # fmt: skip
     loan_agent.register(
-        app, topic, processor, settings.batch_max, settings.batch_within, runtime.ready
-    )
+        app, topic, processor, settings.batch_max, settings.batch_within, runtime.ready,
+        pipelined=settings.pipelined_commits,
+    )  # fmt: skip
     _register_treasury(app, runtime, Outbox(produce, generation))
     notifications = app.topic(CUSTOMER_NOTIFICATIONS_TOPIC, key_serializer="raw",
                               value_serializer="raw")  # fmt: skip

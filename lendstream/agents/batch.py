@@ -13,7 +13,7 @@ import contextlib
 import logging
 import os
 import weakref
-from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any, NoReturn, TypeVar
 
 import faust
@@ -183,6 +183,7 @@ FetchNewer = Callable[[list[str], list[int]], Awaitable[list[Any]]]
 async def load_states(
     table: faust.Table, events_by_key: Mapping[str, EventT], decode: Callable[[str, bytes | None], S],
     seq_of: Callable[[S], int], fetch_newer: FetchNewer, key_column: str,
+    unwritten: Sequence[Mapping[str, bytes]] = (),
 ) -> tuple[dict[str, S], set[str]]:  # fmt: skip
     """Each key's state: the table's (read as the key's own event, so from its partition), or
     PostgreSQL's copy where that one has a higher `seq` (the table can be behind after a
@@ -191,8 +192,11 @@ async def load_states(
     taken from PostgreSQL."""
     states = {}
     for key, event in events_by_key.items():
-        with as_current(event):
-            states[key] = decode(key, table.get(key.encode()))
+        raw = _newest_unwritten(unwritten, key)
+        if raw is None:
+            with as_current(event):
+                raw = table.get(key.encode())
+        states[key] = decode(key, raw)
     keys = list(states)
     newer = await fetch_newer(keys, [seq_of(states[k]) for k in keys])
     for row in newer:
@@ -200,12 +204,23 @@ async def load_states(
     return states, {row[key_column] for row in newer}
 
 
+def _newest_unwritten(unwritten: Sequence[Mapping[str, bytes]], key: str) -> bytes | None:
+    for values in reversed(unwritten):
+        if (raw := values.get(key)) is not None:
+            return raw
+    return None
+
+
 Process = Callable[[list[EventT]], Awaitable[None]]
+#: The rest of a batch after `Prepare`: its PostgreSQL commit and what must follow it.
+Finish = Callable[[], Awaitable[None]]
+#: The part of a batch that may run while the previous batch is being committed.
+Prepare = Callable[[list[EventT]], Awaitable[Finish]]
 
 
 def register_batch_agent(
     app: faust.App, topic: faust.TopicT, name: str, process: Process, batch_max: int,
-    batch_within: float, ready: asyncio.Event,
+    batch_within: float, ready: asyncio.Event, prepare: Prepare | None = None,
 ) -> None:  # fmt: skip
     """Declare agent `name` on `app`: once `ready` (PostgreSQL connected), it hands `process`
     batches of up to `batch_max` events or what came within `batch_within` seconds, and
@@ -213,7 +228,8 @@ def register_batch_agent(
 
     With `app.batched_delivery` the batches come from the fetched records in time order
     (`lendstream.delivery`), acked here once `process` returns; without, Faust's stream delivers
-    them message by message (`_register_stream_agent`).
+    them message by message (`_register_stream_agent`). With batched delivery and `prepare`,
+    batches are pipelined (`_pipelined`) and `process` is not called.
 
     Batched, PostgreSQL first, then the batches: until `ready`, fetched records wait in the
     agent's bounded queue (a full queue stops the fetches of its partitions); a rebalance or the
@@ -236,6 +252,8 @@ def register_batch_agent(
     @app.agent(topic, name=name)
     async def batch_agent(stream: StreamT) -> None:
         await ready.wait()
+        if prepare is not None:
+            await _pipelined(queue, prepare, name, batch_max, batch_within)
         while True:
             events = await queue.take(batch_max, batch_within)
             try:
@@ -243,6 +261,41 @@ def register_batch_agent(
             except Exception:
                 fail_stop(name)
             queue.ack(events)
+
+
+async def _pipelined(
+    queue: BatchQueue, prepare: Prepare, name: str, batch_max: int, batch_within: float
+) -> NoReturn:
+    """Take, prepare and commit batches with one commit in flight while the next batch is
+    prepared: the worker decodes and folds batch N+1 while PostgreSQL writes batch N, instead
+    of waiting for it (`LENDSTREAM_PIPELINED_COMMITS`; docs/performance.md).
+
+    Order is kept: each commit starts after the previous one has ended, and a batch is acked
+    (its offsets become committable) only after its own commit. Any error in either part
+    fail-stops, so no later batch is committed after a failed one. A rebalance or a shutdown
+    waits for the acks (Faust's wait for unacked messages), so for the commit in flight too; a
+    cancelled agent lets the commit in flight end (and ack) but starts no other.
+    """
+    committing: asyncio.Future[None] | None = None
+    while True:
+        events = await queue.take(batch_max, batch_within)
+        try:
+            finish = await prepare(events)
+            if committing is not None:
+                await asyncio.shield(committing)  # a cancelled agent lets the commit end
+        except Exception:
+            fail_stop(name)
+        committing = asyncio.ensure_future(_commit_and_ack(queue, finish, events, name))
+
+
+async def _commit_and_ack(
+    queue: BatchQueue, finish: Finish, events: list[EventT], name: str
+) -> None:
+    try:
+        await finish()
+    except Exception:
+        fail_stop(name)
+    queue.ack(events)
 
 
 def _register_stream_agent(

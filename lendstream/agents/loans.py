@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import deque
 from dataclasses import replace
 from datetime import UTC, datetime
 from functools import partial
@@ -32,6 +33,7 @@ import orjson
 from faust.types import EventT
 
 from lendstream.agents.batch import (
+    Finish,
     TableWriter,
     by_partition,
     load_states,
@@ -72,6 +74,10 @@ from lendstream.tables import loans as loans_table
 from lendstream.topics import LOAN_PROCESSOR_INPUTS
 
 log = logging.getLogger(__name__)
+#: Messages decoded or folded between two yields to the event loop, so that the previous
+#: batch's commit moves on while the next batch is prepared. Each of its statements waits for
+#: a yield: every 250 messages, catch-up was ~10% faster than unpipelined, every 50 ~20%.
+YIELD_EVERY = 50
 SPECS = {spec.name: spec for spec in LOAN_PROCESSOR_INPUTS}
 #: A loan's state and its payout saga, as the table holds them.
 LoanAndSaga = tuple[Keyed[Loan], PayoutSaga | None]
@@ -104,18 +110,40 @@ class LoanProcessor:
         self.gateway = gateway  # None: no saga is started (payout events come from elsewhere)
         self.dead_letters = dead_letters
         self.table_writer = TableWriter(table, outbox.send)
+        #: table values of prepared batches not written to the table yet, oldest first
+        self.unwritten: deque[dict[str, bytes]] = deque()
 
     async def process(self, events: list[EventT]) -> None:
+        """One batch, whole: `prepare`, then its `Finish`."""
+        finish = await self.prepare(events)
+        await finish()
+
+    async def prepare(self, events: list[EventT]) -> Finish:
+        """Everything of a batch before its PostgreSQL commit: check, decode, load, fold,
+        encode, rows, outbox staged. Returns the rest: commit, send the staged records, write
+        the table, start the gateway calls, count, publish the dead letters.
+
+        May run while the previous batch's `Finish` is in flight (`batch._pipelined`): the
+        table values that batch has not written yet are read from `unwritten`, and the long
+        loops yield to the event loop every `YIELD_EVERY` messages so that the commit in flight
+        can send its next statement. The `Finish`es must run in the order of their batches.
+        """
         await self.outbox.send_leftovers(self.writer)
         await self.guard.check(events)
         now = datetime.now(UTC)
-        messages = [to_message(event, SPECS) for event in events]
+        messages = []
+        for n, event in enumerate(events, 1):
+            messages.append(to_message(event, SPECS))
+            if n % YIELD_EVERY == 0:
+                await asyncio.sleep(0)
         last_event = {m.key: event for m, event in zip(messages, events, strict=True)}
         loaded, stale_in_table = await self.load(last_event)
-        folded, outcomes, commands = self.fold(loaded, messages, now)
+        await asyncio.sleep(0)
+        folded, outcomes, commands = await self.fold_yielding(loaded, messages, now)
         encoded, changed, saga_rows = self.encode_changed(
             loaded, folded, stale_in_table, last_event
         )
+        await asyncio.sleep(0)
         rows = rows_for(outcomes, now)
         calls = self.outbox.add_commands(commands)
         for note in notifications(outcomes):
@@ -123,13 +151,32 @@ class LoanProcessor:
         staged = self.outbox.stage()
         batch = Item(messages[0].position, BatchRows(rows, changed, saga_rows))
         timestamps = [m.timestamp for m in messages]
-        await self.writer.commit([batch], partition_ends(events), timestamps, staged)
-        await self.outbox.send_committed(staged, self.writer)
-        await self.table_writer.write(by_partition(encoded, last_event))
-        if self.gateway is not None:
-            self.gateway.start(calls)
-        self.count(outcomes)
-        await self.publish_dead_letters(rows)
+        self.unwritten.append(encoded)
+
+        async def finish() -> None:
+            await self.writer.commit([batch], partition_ends(events), timestamps, staged)
+            await self.outbox.send_committed(staged, self.writer)
+            await self.table_writer.write(by_partition(encoded, last_event))
+            if self.unwritten.popleft() is not encoded:
+                raise RuntimeError("batches finished out of order")
+            if self.gateway is not None:
+                self.gateway.start(calls)
+            self.count(outcomes)
+            await self.publish_dead_letters(rows)
+
+        return finish
+
+    async def fold_yielding(
+        self, loaded: dict[str, LoanAndSaga], messages: list[Message], now: datetime
+    ) -> tuple[dict[str, LoanAndSaga], list[Outcome[Loan]], list[tuple[int, Command]]]:
+        """`fold`, yielding to the event loop every `YIELD_EVERY` messages."""
+        folded = dict(loaded)
+        outcomes: list[Outcome[Loan]] = []
+        commands: list[tuple[int, Command]] = []
+        for start in range(0, len(messages), YIELD_EVERY):
+            self._fold_into(folded, outcomes, commands, messages[start : start + YIELD_EVERY], now)
+            await asyncio.sleep(0)
+        return folded, outcomes, commands
 
     def fold(
         self, loaded: dict[str, LoanAndSaga], messages: list[Message], now: datetime
@@ -139,6 +186,17 @@ class LoanProcessor:
         folded = dict(loaded)
         outcomes: list[Outcome[Loan]] = []
         commands: list[tuple[int, Command]] = []
+        self._fold_into(folded, outcomes, commands, messages, now)
+        return folded, outcomes, commands
+
+    def _fold_into(
+        self,
+        folded: dict[str, LoanAndSaga],
+        outcomes: list[Outcome[Loan]],
+        commands: list[tuple[int, Command]],
+        messages: list[Message],
+        now: datetime,
+    ) -> None:
         for message in messages:
             keyed, saga = folded[message.key]
             keyed, saga, more, saga_commands = handle_message(
@@ -148,7 +206,6 @@ class LoanProcessor:
             folded[message.key] = (keyed, saga)
             outcomes.extend(more)
             commands.extend((message.position.partition, c) for c in saga_commands)
-        return folded, outcomes, commands
 
     def encode_changed(
         self,
@@ -185,6 +242,7 @@ class LoanProcessor:
         states, stale_in_table = await load_states(
             self.table, events_by_key, lambda _key, raw: loans_table.decode_with_saga(raw),
             lambda state: state[0].seq, partial(self.writer.fetch, self.newer_sql), "loan_id",
+            self.unwritten,
         )  # fmt: skip
         if stale_in_table:
             log.warning(
@@ -227,8 +285,10 @@ def notifications(outcomes: list[Outcome[Loan]]) -> list[fanout.Notification]:
 
 
 def register(app: faust.App, topic: faust.TopicT, processor: LoanProcessor, batch_max: int,
-             batch_within: float, ready: asyncio.Event) -> None:  # fmt: skip
-    """Declare the `loan-processor` agent on `app`."""
+             batch_within: float, ready: asyncio.Event, pipelined: bool = True) -> None:  # fmt: skip
+    """Declare the `loan-processor` agent on `app` (`pipelined`: the next batch is prepared
+    while the previous one commits)."""
     register_batch_agent(
-        app, topic, "loan-processor", processor.process, batch_max, batch_within, ready
-    )
+        app, topic, "loan-processor", processor.process, batch_max, batch_within, ready,
+        prepare=processor.prepare if pipelined else None,
+    )  # fmt: skip

@@ -46,7 +46,7 @@ ACTIVITIES: Rules = (
     ("processor: metrics (events_total)", ("LoanProcessor.count",)),
     ("processor: table values encoded", ("encode (tables/loans.py",)),
     ("processor: table writes (Faust set, changelog enqueue)", ("__setitem__",)),
-    ("processor: other", ("LoanProcessor.process",)),
+    ("processor: other", ("LoanProcessor.process", "LoanProcessor.prepare")),
     ("Faust/aiokafka: producing changelog records",
      ("Sender.", "SendProduceReqHandler", "ProducerBuffer", "Topic._on_published",
       "Topic.publish_message", "AIOKafkaProducer", "MessageAccumulator")),
