@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections import deque
+from collections import Counter, deque
 from dataclasses import replace
 from datetime import UTC, datetime
 from functools import partial
@@ -150,18 +150,21 @@ class LoanProcessor:
             self.outbox.add_notification(note)
         staged = self.outbox.stage()
         batch = Item(messages[0].position, BatchRows(rows, changed, saga_rows))
-        timestamps = [m.timestamp for m in messages]
+        timestamps, ends = [m.timestamp for m in messages], partition_ends(events)
+        table_values, counts = by_partition(encoded, last_event), tally(outcomes)
         self.unwritten.append(encoded)
+        # `finish` keeps only what it writes: the outcomes and decoded events of a batch
+        # whose commit is in flight are not kept alive while the next one is prepared.
 
         async def finish() -> None:
-            await self.writer.commit([batch], partition_ends(events), timestamps, staged)
+            await self.writer.commit([batch], ends, timestamps, staged)
             await self.outbox.send_committed(staged, self.writer)
-            await self.table_writer.write(by_partition(encoded, last_event))
+            await self.table_writer.write(table_values)
             if self.unwritten.popleft() is not encoded:
                 raise RuntimeError("batches finished out of order")
             if self.gateway is not None:
                 self.gateway.start(calls)
-            self.count(outcomes)
+            self.count(counts)
             await self.publish_dead_letters(rows)
 
         return finish
@@ -259,18 +262,28 @@ class LoanProcessor:
             value = orjson.dumps(record, default=str)
             await self.dead_letters.send(key=key.encode() if key else None, value=value)
 
-    def count(self, outcomes: list[Outcome[Loan]]) -> None:
-        for outcome in outcomes:
-            if isinstance(outcome, Applied | Duplicate):
-                event, name = outcome.event, type(outcome).__name__.lower()
-                self.metrics.events.labels(outcome.position.topic, event.type, name).inc()
-            elif isinstance(outcome, Parked | Dead):
-                pending = outcome.pending
-                kind = pending.event.type if pending.event else "invalid"
-                status = "dead" if isinstance(outcome, Dead) else "parked"
-                if status == "parked" and pending.error_class == TRANSIENT:
-                    status = "retried"
-                self.metrics.events.labels(pending.position.topic, kind, status).inc()
+    def count(self, counts: Counter[tuple[str, str, str]]) -> None:
+        """Add a batch's `tally` to `lendstream_events_total`."""
+        for labels, n in counts.items():
+            self.metrics.events.labels(*labels).inc(n)
+
+
+def tally(outcomes: list[Outcome[Loan]]) -> Counter[tuple[str, str, str]]:
+    """The batch's outcomes as `lendstream_events_total` labels (topic, type, outcome) -> count
+    (pure; counted once the batch is committed)."""
+    counts: Counter[tuple[str, str, str]] = Counter()
+    for outcome in outcomes:
+        if isinstance(outcome, Applied | Duplicate):
+            event, name = outcome.event, type(outcome).__name__.lower()
+            counts[(outcome.position.topic, event.type, name)] += 1
+        elif isinstance(outcome, Parked | Dead):
+            pending = outcome.pending
+            kind = pending.event.type if pending.event else "invalid"
+            status = "dead" if isinstance(outcome, Dead) else "parked"
+            if status == "parked" and pending.error_class == TRANSIENT:
+                status = "retried"
+            counts[(pending.position.topic, kind, status)] += 1
+    return counts
 
 
 def notifications(outcomes: list[Outcome[Loan]]) -> list[fanout.Notification]:
