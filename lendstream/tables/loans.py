@@ -48,7 +48,7 @@ def encode(keyed: Keyed[Loan], saga: PayoutSaga | None = None) -> bytes:
     }
     if saga is not None:
         value["g"] = saga
-    return orjson.dumps(value)
+    return store.dumps(value)
 
 
 def decode(raw: bytes | None) -> Keyed[Loan]:

@@ -35,7 +35,7 @@ def declare(app: faust.App, settings: Settings) -> faust.Table:
 
 
 def encode(line: CreditLine, seq: int) -> bytes:
-    return orjson.dumps({"l": line, "n": seq})
+    return store.dumps({"l": line, "n": seq})
 
 
 def decode(raw: bytes | None, partner_id: str) -> tuple[CreditLine, int]:
