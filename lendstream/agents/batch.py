@@ -14,6 +14,7 @@ import logging
 import os
 import weakref
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, NoReturn, TypeVar
 
 import faust
@@ -212,10 +213,24 @@ def _newest_unwritten(unwritten: Sequence[Mapping[str, bytes]], key: str) -> byt
 
 
 Process = Callable[[list[EventT]], Awaitable[None]]
-#: The rest of a batch after `Prepare`: its PostgreSQL commit and what must follow it.
-Finish = Callable[[], Awaitable[None]]
+
+
+def _nothing() -> None:
+    return None
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A batch prepared while the previous one may still be committing: `finish()` commits it
+    and does what must follow the commit; `drop()` forgets it when it will never be finished
+    (its agent was cancelled first)."""
+
+    finish: Callable[[], Awaitable[None]]
+    drop: Callable[[], None] = _nothing
+
+
 #: The part of a batch that may run while the previous batch is being committed.
-Prepare = Callable[[list[EventT]], Awaitable[Finish]]
+Prepare = Callable[[list[EventT]], Awaitable[Prepared]]
 
 
 def register_batch_agent(
@@ -229,7 +244,7 @@ def register_batch_agent(
     With `app.batched_delivery` the batches come from the fetched records in time order
     (`lendstream.delivery`), acked here once `process` returns; without, Faust's stream delivers
     them message by message (`_register_stream_agent`). With batched delivery and `prepare`,
-    batches are pipelined (`_pipelined`) and `process` is not called.
+    batches are pipelined (`Pipeline`) and `process` is not called.
 
     Batched, PostgreSQL first, then the batches: until `ready`, fetched records wait in the
     agent's bounded queue (a full queue stops the fetches of its partitions); a rebalance or the
@@ -249,11 +264,13 @@ def register_batch_agent(
     # agent first iterates its stream; this one never does).
     app.topics.add(topic.clone(is_iterator=True))  # type: ignore[arg-type]
 
+    pipeline = Pipeline(prepare, name) if prepare is not None else None
+
     @app.agent(topic, name=name)
     async def batch_agent(stream: StreamT) -> None:
         await ready.wait()
-        if prepare is not None:
-            await _pipelined(queue, prepare, name, batch_max, batch_within)
+        if pipeline is not None:
+            await pipeline.run(queue, batch_max, batch_within)
         while True:
             events = await queue.take(batch_max, batch_within)
             try:
@@ -263,9 +280,7 @@ def register_batch_agent(
             queue.ack(events)
 
 
-async def _pipelined(
-    queue: BatchQueue, prepare: Prepare, name: str, batch_max: int, batch_within: float
-) -> NoReturn:
+class Pipeline:
     """Take, prepare and commit batches with one commit in flight while the next batch is
     prepared: the worker decodes and folds batch N+1 while PostgreSQL writes batch N, instead
     of waiting for it (`LENDSTREAM_PIPELINED_COMMITS`; docs/performance.md).
@@ -273,23 +288,39 @@ async def _pipelined(
     Order is kept: each commit starts after the previous one has ended, and a batch is acked
     (its offsets become committable) only after its own commit. Any error in either part
     fail-stops, so no later batch is committed after a failed one. A rebalance or a shutdown
-    waits for the acks (Faust's wait for unacked messages), so for the commit in flight too; a
-    cancelled agent lets the commit in flight end (and ack) but starts no other.
+    waits for the acks (Faust's wait for unacked messages), so for the commit in flight too.
+
+    A cancelled agent lets the commit in flight end (and ack) and drops the batch it had
+    prepared (never acked: it is delivered again). The commit in flight is kept here, not in
+    the agent, so that an agent Faust restarts waits for it before it commits anything.
     """
-    committing: asyncio.Future[None] | None = None
-    while True:
-        events = await queue.take(batch_max, batch_within)
-        try:
-            finish = await prepare(events)
-            if committing is not None:
-                await asyncio.shield(committing)  # a cancelled agent lets the commit end
-        except Exception:
-            fail_stop(name)
-        committing = asyncio.ensure_future(_commit_and_ack(queue, finish, events, name))
+
+    def __init__(self, prepare: Prepare, name: str) -> None:
+        self.prepare = prepare
+        self.name = name
+        self.committing: asyncio.Future[None] | None = None
+
+    async def run(self, queue: BatchQueue, batch_max: int, batch_within: float) -> NoReturn:
+        while True:
+            events = await queue.take(batch_max, batch_within)
+            prepared: Prepared | None = None
+            try:
+                prepared = await self.prepare(events)
+                if self.committing is not None:
+                    await asyncio.shield(self.committing)
+            except asyncio.CancelledError:
+                if prepared is not None:
+                    prepared.drop()
+                raise
+            except Exception:
+                fail_stop(self.name)
+            self.committing = asyncio.ensure_future(
+                _commit_and_ack(queue, prepared.finish, events, self.name)
+            )
 
 
 async def _commit_and_ack(
-    queue: BatchQueue, finish: Finish, events: list[EventT], name: str
+    queue: BatchQueue, finish: Callable[[], Awaitable[None]], events: list[EventT], name: str
 ) -> None:
     try:
         await finish()

@@ -54,7 +54,9 @@ class ContiguityGuard:
         if expected is not None and offset <= expected:
             return
         stored = await self.stored_positions()
-        expected = stored[tp] + 1 if tp in stored else self.expected.get(tp, 0)
+        # Not below what this process has checked: with pipelined commits the batch before
+        # may still be committing, and the stored position is then behind it.
+        expected = max(stored[tp] + 1 if tp in stored else 0, self.expected.get(tp, 0))
         self.expected[tp] = expected
         if offset <= expected:
             return

@@ -33,7 +33,7 @@ import orjson
 from faust.types import EventT
 
 from lendstream.agents.batch import (
-    Finish,
+    Prepared,
     TableWriter,
     by_partition,
     load_states,
@@ -114,19 +114,18 @@ class LoanProcessor:
         self.unwritten: deque[dict[str, bytes]] = deque()
 
     async def process(self, events: list[EventT]) -> None:
-        """One batch, whole: `prepare`, then its `Finish`."""
-        finish = await self.prepare(events)
-        await finish()
+        """One batch, whole: `prepare`, then its `finish`."""
+        await (await self.prepare(events)).finish()
 
-    async def prepare(self, events: list[EventT]) -> Finish:
+    async def prepare(self, events: list[EventT]) -> Prepared:
         """Everything of a batch before its PostgreSQL commit: check, decode, load, fold,
         encode, rows, outbox staged. Returns the rest: commit, send the staged records, write
         the table, start the gateway calls, count, publish the dead letters.
 
-        May run while the previous batch's `Finish` is in flight (`batch._pipelined`): the
+        May run while the previous batch's `finish` is in flight (`batch.Pipeline`): the
         table values that batch has not written yet are read from `unwritten`, and the long
         loops yield to the event loop every `YIELD_EVERY` messages so that the commit in flight
-        can send its next statement. The `Finish`es must run in the order of their batches.
+        can send its next statement. The `finish`es must run in the order of their batches.
         """
         await self.outbox.send_leftovers(self.writer)
         await self.guard.check(events)
@@ -157,17 +156,29 @@ class LoanProcessor:
         # whose commit is in flight are not kept alive while the next one is prepared.
 
         async def finish() -> None:
-            await self.writer.commit([batch], ends, timestamps, staged)
-            await self.outbox.send_committed(staged, self.writer)
-            await self.table_writer.write(table_values)
-            if self.unwritten.popleft() is not encoded:
-                raise RuntimeError("batches finished out of order")
+            try:
+                await self.writer.commit([batch], ends, timestamps, staged)
+                await self.outbox.send_committed(staged, self.writer)
+                await self.table_writer.write(table_values)
+                if self.unwritten[0] is not encoded:
+                    raise RuntimeError("batches finished out of order")
+            finally:
+                # Written, or never to be (cancelled: the table or PostgreSQL has the truth,
+                # and `load` takes the newer of the two).
+                self.forget(encoded)
             if self.gateway is not None:
                 self.gateway.start(calls)
             self.count(counts)
             await self.publish_dead_letters(rows)
 
-        return finish
+        return Prepared(finish, drop=lambda: self.forget(encoded))
+
+    def forget(self, encoded: dict[str, bytes]) -> None:
+        """Remove a batch's values from `unwritten` (once written, or never to be)."""
+        for n, values in enumerate(self.unwritten):
+            if values is encoded:
+                del self.unwritten[n]
+                return
 
     async def fold_yielding(
         self, loaded: dict[str, LoanAndSaga], messages: list[Message], now: datetime

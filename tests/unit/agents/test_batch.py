@@ -1,4 +1,4 @@
-"""The pipelined batch loop (`batch._pipelined`) and the table read through not-yet-written
+"""The pipelined batch loop (`batch.Pipeline`) and the table read through not-yet-written
 values (`batch.load_states`). The queue and the table are stand-ins: what is tested is the
 order of prepare, commit and ack, not Kafka or RocksDB (the integration and chaos tests run
 the same loop against the real broker and PostgreSQL)."""
@@ -49,7 +49,7 @@ def stops(monkeypatch: pytest.MonkeyPatch) -> list[str]:
 
 
 def preparing(queue: Batches, commit_seconds: float, failing: str | None = None) -> Any:
-    async def prepare(events: list[str]) -> batch.Finish:
+    async def prepare(events: list[str]) -> batch.Prepared:
         name = events[0]
         queue.log.append(f"prepare {name}")
 
@@ -60,21 +60,13 @@ def preparing(queue: Batches, commit_seconds: float, failing: str | None = None)
                 raise RuntimeError("PostgreSQL said no")
             queue.log.append(f"committed {name}")
 
-        return finish
+        return batch.Prepared(finish, drop=lambda: queue.log.append(f"drop {name}"))
 
     return prepare
 
 
 async def run_until(queue: Batches, prepare: Any, acked: int) -> None:
-    loop = asyncio.ensure_future(batch._pipelined(queue, prepare, "loan-processor", 10, 0.1))  # type: ignore[arg-type]
-    try:
-        for _ in range(200):
-            if len(queue.acked) >= acked or loop.done():
-                break
-            await asyncio.sleep(0.01)
-    finally:
-        loop.cancel()
-        await asyncio.gather(loop, return_exceptions=True)
+    await run_until_with(batch.Pipeline(prepare, "loan-processor"), queue, acked)
 
 
 async def test_the_next_batch_is_prepared_while_the_previous_one_commits() -> None:
@@ -99,16 +91,45 @@ async def test_a_failed_commit_stops_before_anything_later_is_committed_or_acked
     assert "commit b" not in queue.log
 
 
-async def test_a_cancelled_agent_lets_the_commit_in_flight_end_and_ack() -> None:
+async def test_a_cancelled_agent_lets_the_commit_in_flight_end_and_drops_what_it_prepared() -> None:
     queue = Batches(["a"], ["b"])
-    prepare = preparing(queue, commit_seconds=0.1)
-    loop = asyncio.ensure_future(batch._pipelined(queue, prepare, "loan-processor", 10, 0.1))  # type: ignore[arg-type]
+    pipeline = batch.Pipeline(preparing(queue, commit_seconds=0.1), "loan-processor")
+    loop = asyncio.ensure_future(pipeline.run(queue, 10, 0.1))  # type: ignore[arg-type]
     while "prepare b" not in queue.log:
         await asyncio.sleep(0.005)
     loop.cancel()  # as Faust stops the agent, while it waits for "a"'s commit
     await asyncio.gather(loop, return_exceptions=True)
+    assert "drop b" in queue.log  # its values must not be read as newer than the table's
     await asyncio.sleep(0.2)
     assert queue.acked == [["a"]]
+    assert "commit b" not in queue.log
+
+
+async def test_a_restarted_agent_waits_for_the_commit_in_flight_before_committing() -> None:
+    queue = Batches(["a"], ["b"])
+    pipeline = batch.Pipeline(preparing(queue, commit_seconds=0.2), "loan-processor")
+    loop = asyncio.ensure_future(pipeline.run(queue, 10, 0.1))  # type: ignore[arg-type]
+    while "prepare b" not in queue.log:
+        await asyncio.sleep(0.005)
+    loop.cancel()
+    await asyncio.gather(loop, return_exceptions=True)
+    queue.batches.append(["c"])  # Faust restarts the agent; "a" is still committing
+    await run_until_with(pipeline, queue, acked=2)
+    log = queue.log
+    assert queue.acked == [["a"], ["c"]]
+    assert log.index("committed a") < log.index("commit c")
+
+
+async def run_until_with(pipeline: batch.Pipeline, queue: Batches, acked: int) -> None:
+    loop = asyncio.ensure_future(pipeline.run(queue, 10, 0.1))  # type: ignore[arg-type]
+    try:
+        for _ in range(200):
+            if len(queue.acked) >= acked or loop.done():
+                break
+            await asyncio.sleep(0.01)
+    finally:
+        loop.cancel()
+        await asyncio.gather(loop, return_exceptions=True)
 
 
 class Table:

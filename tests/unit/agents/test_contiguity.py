@@ -1,8 +1,16 @@
-"""`StallWatch`: records that exist but never arrive are noticed after the patience."""
+"""`StallWatch`: records that exist but never arrive are noticed after the patience;
+`ContiguityGuard`: a batch that would skip existing records is refused."""
 
 from __future__ import annotations
 
-from lendstream.agents.contiguity import StallWatch, waits_its_turn
+import pytest
+
+from lendstream.agents.contiguity import (
+    ContiguityGuard,
+    SkippedMessages,
+    StallWatch,
+    waits_its_turn,
+)
 
 TP = ("loan-events", 3)
 
@@ -57,3 +65,35 @@ def test_a_busy_worker_s_partitions_are_given_the_busy_patience() -> None:
     assert watch.check({TP: 107}, {TP: 900}, now=599, busy=True) == []
     assert watch.check({TP: 107}, {TP: 900}, now=120, busy=False) == [TP]  # idle: the patience
     assert watch.check({TP: 107}, {TP: 900}, now=600, busy=True) == [TP]
+
+
+class _Record:
+    def __init__(self, offset: int) -> None:
+        self.message = type("Msg", (), {"topic": TP[0], "partition": TP[1], "offset": offset})()
+
+
+async def test_a_hole_right_after_a_batch_still_committing_is_not_taken_for_a_skip() -> None:
+    # Batch N (offsets 90..100) is checked and still committing: PostgreSQL says 89. Offset
+    # 101 holds no record (e.g. a transaction marker), so batch N+1 starts at 102.
+    async def stored() -> dict[tuple[str, int], int]:
+        return {TP: 89}
+
+    async def first_from(topic: str, partition: int, offset: int) -> int | None:
+        return offset if offset <= 100 else 102
+
+    guard = ContiguityGuard(stored, first_from)
+    await guard.check([_Record(o) for o in range(90, 101)])  # type: ignore[misc]
+    await guard.check([_Record(102)])  # type: ignore[list-item]
+    assert guard.holes_skipped == 1
+
+
+async def test_a_real_skip_after_the_stored_position_still_stops() -> None:
+    async def stored() -> dict[tuple[str, int], int]:
+        return {TP: 89}
+
+    async def first_from(topic: str, partition: int, offset: int) -> int | None:
+        return offset
+
+    guard = ContiguityGuard(stored, first_from)
+    with pytest.raises(SkippedMessages):
+        await guard.check([_Record(95)])  # type: ignore[list-item]
