@@ -324,10 +324,16 @@ def make_apply(schema: str) -> Any:
     n = len(LOAN_COLUMNS.split(", "))
     params = ", ".join(f"${i}" for i in range(1, n + 1))
 
+    # The append-only rows go in as one `INSERT … SELECT FROM unnest(arrays)` per batch, not
+    # `executemany` (one execution per row): PostgreSQL's CPU per event for `ledger_entries`
+    # 34.9 -> 16.8 µs, for `event_log` 17.6 -> 11.1 µs (docs/performance.md). Rows that
+    # conflict, also with each other, are skipped, as before.
     sql_event_log = (
         f'INSERT INTO {s}.event_log (event_id, topic, partition, "offset", key, type, '
         "schema_version, occurred_at, recorded_at, loan_id, correlation_id, causation_id, data) "
-        "VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13::jsonb) ON CONFLICT DO NOTHING"
+        "SELECT * FROM unnest($1::text[], $2::text[], $3::int[], $4::bigint[], $5::text[], "
+        "$6::text[], $7::int[], $8::timestamptz[], $9::timestamptz[], $10::text[], $11::text[], "
+        "$12::text[], $13::jsonb[]) ON CONFLICT DO NOTHING"
     )
     sql_summary = (
         f"INSERT INTO {s}.loan_summary ({LOAN_COLUMNS}) VALUES ({params}) "
@@ -379,7 +385,9 @@ def make_apply(schema: str) -> Any:
 
     sql_ledger = (
         f"INSERT INTO {s}.ledger_entries (entry_id, event_id, loan_id, account, direction, "
-        "amount_cents, currency, booked_at) VALUES ($1,$2,$3,$4,$5,$6,$7,$8) ON CONFLICT DO NOTHING"
+        "amount_cents, currency, booked_at) SELECT * FROM unnest($1::text[], $2::text[], "
+        "$3::text[], $4::text[], $5::text[], $6::bigint[], $7::text[], $8::timestamptz[]) "
+        "ON CONFLICT DO NOTHING"
     )
     sql_daily_payouts = (
         f"INSERT INTO {s}.daily_payouts AS d (day, partner_id, currency, payouts, amount_cents) "
@@ -435,7 +443,7 @@ def make_apply(schema: str) -> Any:
 
     async def apply_rows(conn: asyncpg.Connection, rows: LoanRows) -> None:
         if rows.event_log:
-            await conn.executemany(sql_event_log, rows.event_log)
+            await conn.execute(sql_event_log, *columns(rows.event_log))
         if rows.versions:
             history, to_close = history_rows(rows.versions)
             await conn.executemany(sql_history, history)
@@ -459,7 +467,7 @@ def make_apply(schema: str) -> Any:
                     [(*k, n, amount) for k, (n, amount) in sorted(payouts.items())],
                 )
         if rows.ledger:
-            await conn.executemany(sql_ledger, [ledger_row(e) for e in rows.ledger])
+            await conn.execute(sql_ledger, *columns([ledger_row(e) for e in rows.ledger]))
         if rows.dead_letters:
             await conn.executemany(sql_dead_letter, rows.dead_letters)
         if rows.applied_ids:
@@ -472,6 +480,11 @@ def make_apply(schema: str) -> Any:
             await conn.executemany(sql_discard, rows.discarded)
 
     return apply
+
+
+def columns(rows: Sequence[tuple[Any, ...]]) -> list[list[Any]]:
+    """Rows as one list per column: the arrays of an `unnest` insert (pure)."""
+    return [list(column) for column in zip(*rows, strict=True)]
 
 
 def newer_states_sql(schema: str) -> str:
