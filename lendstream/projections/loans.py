@@ -50,8 +50,13 @@ LOAN_COLUMNS = (
     "approved_amount_cents, interest_rate_bps, total_due_cents, repaid_cents, outstanding_cents, "
     "applied_at, approved_at, paid_out_at, settled_at, closed_reason, version, updated_at"
 )
-#: Columns of a `history_row`, in order.
+#: Columns of a `history_row`, in order, and their types.
 HISTORY_COLUMNS = LOAN_COLUMNS + ", valid_from, valid_to"
+HISTORY_TYPES = (
+    "text", "text", "text", "text", "text", "int", "bigint", "bigint", "int", "bigint", "bigint",
+    "bigint", "timestamptz", "timestamptz", "timestamptz", "timestamptz", "text", "int",
+    "timestamptz", "timestamptz", "timestamptz",
+)  # fmt: skip
 #: Columns of a `customer_exposure` row, in order.
 EXPOSURE_COLUMNS = "customer_id, currency, active_loans, outstanding_cents, updated_at"
 
@@ -199,7 +204,9 @@ def history_rows(
 ) -> tuple[list[tuple[Any, ...]], list[tuple[str, int, datetime]]]:
     """The `loan_history` rows of a batch's versions, each closed (`valid_to`) where the batch
     holds the next version of its loan, and the (loan, version, valid_to) of the stored
-    versions the batch supersedes: only those need an `UPDATE` (pure)."""
+    versions the batch supersedes: only those need an `UPDATE` (pure). One row per (loan,
+    version), the last given: they are upserted by one statement, which may touch a row once."""
+    versions = list({(v.loan_id, v.version): v for v in versions}.values())
     next_from = {superseded(v): v.updated_at for v in versions}
     present = {(v.loan_id, v.version) for v in versions}
     rows = [history_row(v, next_from.get((v.loan_id, v.version))) for v in versions]
@@ -342,9 +349,10 @@ def make_apply(schema: str) -> Any:
     )
     # A version superseded inside the batch is inserted closed; a redelivered batch with other
     # boundaries may close a version it inserted open before.
+    history_arrays = ", ".join(f"${i}::{t}[]" for i, t in enumerate(HISTORY_TYPES, 1))
     sql_history = (
         f"INSERT INTO {s}.loan_history AS h ({HISTORY_COLUMNS}) "
-        f"VALUES ({params}, ${n + 1}, ${n + 2}) "
+        f"SELECT * FROM unnest({history_arrays}) "
         "ON CONFLICT (loan_id, version) DO UPDATE SET valid_to = excluded.valid_to "
         "WHERE h.valid_to IS NULL AND excluded.valid_to IS NOT NULL"
     )
@@ -446,7 +454,7 @@ def make_apply(schema: str) -> Any:
             await conn.execute(sql_event_log, *columns(rows.event_log))
         if rows.versions:
             history, to_close = history_rows(rows.versions)
-            await conn.executemany(sql_history, history)
+            await conn.execute(sql_history, *columns(history))
             if to_close:
                 await conn.executemany(sql_close_version, to_close)
             summaries = sorted(rows.summaries, key=lambda loan: loan.loan_id)
