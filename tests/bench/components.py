@@ -257,7 +257,8 @@ async def copy_event_log(
     conn: asyncpg.Connection, schema: str, payloads: Sequence[BatchRows], clock: Clock
 ) -> None:
     """The same `event_log` rows (new ids) written two other ways, one statement per batch:
-    COPY into a temporary table then INSERT ... SELECT, and INSERT ... SELECT FROM unnest."""
+    COPY into a temporary table then INSERT ... SELECT, and INSERT ... SELECT FROM unnest (the
+    projection's own way since 2026-11-24; it ran `executemany` before)."""
     quoted = ", ".join(f'"{c}"' for c in EVENT_LOG_COLUMNS)
     arrays = ", ".join(f"${i}::{t}[]" for i, t in enumerate(EVENT_LOG_TYPES, 1))
     unnest_sql = (

@@ -43,7 +43,7 @@ def test_every_statement_kind_is_measured_on_postgres(
         "all statements, one transaction per batch",
         "server CPU (PostgreSQL processes)",
         "INSERT loan_state",
-        "INSERT event_log (executemany)",
+        "INSERT event_log",
         "event_log by COPY + INSERT SELECT (alternative)",
         "event_log by unnest arrays (alternative)",
     ):
