@@ -93,12 +93,9 @@ async def test_a_failed_commit_stops_before_anything_later_is_committed_or_acked
 
 async def test_a_cancelled_agent_lets_the_commit_in_flight_end_and_drops_what_it_prepared() -> None:
     queue = Batches(["a"], ["b"])
-    pipeline = batch.Pipeline(preparing(queue, commit_seconds=0.1), "loan-processor")
-    loop = asyncio.ensure_future(pipeline.run(queue, 10, 0.1))  # type: ignore[arg-type]
-    while "prepare b" not in queue.log:
-        await asyncio.sleep(0.005)
-    loop.cancel()  # as Faust stops the agent, while it waits for "a"'s commit
-    await asyncio.gather(loop, return_exceptions=True)
+    await cancel_once_b_is_prepared(
+        batch.Pipeline(preparing(queue, commit_seconds=0.1), "loan-processor"), queue
+    )
     assert "drop b" in queue.log  # its values must not be read as newer than the table's
     await asyncio.sleep(0.2)
     assert queue.acked == [["a"]]
@@ -108,16 +105,22 @@ async def test_a_cancelled_agent_lets_the_commit_in_flight_end_and_drops_what_it
 async def test_a_restarted_agent_waits_for_the_commit_in_flight_before_committing() -> None:
     queue = Batches(["a"], ["b"])
     pipeline = batch.Pipeline(preparing(queue, commit_seconds=0.2), "loan-processor")
-    loop = asyncio.ensure_future(pipeline.run(queue, 10, 0.1))  # type: ignore[arg-type]
-    while "prepare b" not in queue.log:
-        await asyncio.sleep(0.005)
-    loop.cancel()
-    await asyncio.gather(loop, return_exceptions=True)
+    await cancel_once_b_is_prepared(pipeline, queue)
     queue.batches.append(["c"])  # Faust restarts the agent; "a" is still committing
     await run_until_with(pipeline, queue, acked=2)
     log = queue.log
     assert queue.acked == [["a"], ["c"]]
     assert log.index("committed a") < log.index("commit c")
+
+
+async def cancel_once_b_is_prepared(pipeline: batch.Pipeline, queue: Batches) -> None:
+    """Run `pipeline` and cancel it, as Faust stops an agent, while it waits for "a"'s commit
+    with "b" prepared."""
+    loop = asyncio.ensure_future(pipeline.run(queue, 10, 0.1))  # type: ignore[arg-type]
+    while "prepare b" not in queue.log:
+        await asyncio.sleep(0.005)
+    loop.cancel()
+    await asyncio.gather(loop, return_exceptions=True)
 
 
 async def run_until_with(pipeline: batch.Pipeline, queue: Batches, acked: int) -> None:
