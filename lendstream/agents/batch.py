@@ -215,10 +215,6 @@ def _newest_unwritten(unwritten: Sequence[Mapping[str, bytes]], key: str) -> byt
 Process = Callable[[list[EventT]], Awaitable[None]]
 
 
-def _nothing() -> None:
-    return None
-
-
 @dataclass(frozen=True)
 class Prepared:
     """A batch prepared while the previous one may still be committing: `finish()` commits it
@@ -226,7 +222,7 @@ class Prepared:
     (its agent was cancelled first)."""
 
     finish: Callable[[], Awaitable[None]]
-    drop: Callable[[], None] = _nothing
+    drop: Callable[[], None]
 
 
 #: The part of a batch that may run while the previous batch is being committed.

@@ -138,7 +138,7 @@ class LoanProcessor:
         last_event = {m.key: event for m, event in zip(messages, events, strict=True)}
         loaded, stale_in_table = await self.load(last_event)
         await asyncio.sleep(0)
-        folded, outcomes, commands = await self.fold_yielding(loaded, messages, now)
+        folded, outcomes, commands = await self.fold(loaded, messages, now)
         encoded, changed, saga_rows = self.encode_changed(
             loaded, folded, stale_in_table, last_event
         )
@@ -180,38 +180,16 @@ class LoanProcessor:
                 del self.unwritten[n]
                 return
 
-    async def fold_yielding(
-        self, loaded: dict[str, LoanAndSaga], messages: list[Message], now: datetime
-    ) -> tuple[dict[str, LoanAndSaga], list[Outcome[Loan]], list[tuple[int, Command]]]:
-        """`fold`, yielding to the event loop every `YIELD_EVERY` messages."""
-        folded = dict(loaded)
-        outcomes: list[Outcome[Loan]] = []
-        commands: list[tuple[int, Command]] = []
-        for start in range(0, len(messages), YIELD_EVERY):
-            self._fold_into(folded, outcomes, commands, messages[start : start + YIELD_EVERY], now)
-            await asyncio.sleep(0)
-        return folded, outcomes, commands
-
-    def fold(
+    async def fold(
         self, loaded: dict[str, LoanAndSaga], messages: list[Message], now: datetime
     ) -> tuple[dict[str, LoanAndSaga], list[Outcome[Loan]], list[tuple[int, Command]]]:
         """Fold `messages` in order into the `loaded` states and sagas: each key's new state
-        and saga, the outcomes, and the saga commands with their partition (pure)."""
+        and saga, the outcomes, and the saga commands with their partition. Pure but for
+        yielding to the event loop every `YIELD_EVERY` messages (see `prepare`)."""
         folded = dict(loaded)
         outcomes: list[Outcome[Loan]] = []
         commands: list[tuple[int, Command]] = []
-        self._fold_into(folded, outcomes, commands, messages, now)
-        return folded, outcomes, commands
-
-    def _fold_into(
-        self,
-        folded: dict[str, LoanAndSaga],
-        outcomes: list[Outcome[Loan]],
-        commands: list[tuple[int, Command]],
-        messages: list[Message],
-        now: datetime,
-    ) -> None:
-        for message in messages:
+        for n, message in enumerate(messages, 1):
             keyed, saga = folded[message.key]
             keyed, saga, more, saga_commands = handle_message(
                 keyed, saga, message, self.evolve, now, self.policy,
@@ -220,6 +198,9 @@ class LoanProcessor:
             folded[message.key] = (keyed, saga)
             outcomes.extend(more)
             commands.extend((message.position.partition, c) for c in saga_commands)
+            if n % YIELD_EVERY == 0:
+                await asyncio.sleep(0)
+        return folded, outcomes, commands
 
     def encode_changed(
         self,

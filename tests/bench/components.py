@@ -179,7 +179,7 @@ async def process(
     with clock.phase(PHASES[2]):
         loaded, stale_in_table = await loans.load(cast(Any, last_event))
     with clock.phase(PHASES[3]):
-        folded, outcomes, _commands = loans.fold(loaded, messages, now)
+        folded, outcomes, _commands = await loans.fold(loaded, messages, now)
     with clock.phase(PHASES[4]):
         encoded, changed, saga_rows = loans.encode_changed(
             loaded, folded, stale_in_table, cast(Any, last_event)
