@@ -358,11 +358,7 @@ def make_apply(schema: str) -> Any:
         "ON CONFLICT (loan_id, version) DO UPDATE SET valid_to = excluded.valid_to "
         "WHERE h.valid_to IS NULL AND excluded.valid_to IS NOT NULL"
     )
-    sql_close_version = (
-        f"UPDATE {s}.loan_history h SET valid_to = c.valid_to "
-        "FROM unnest($1::text[], $2::int[], $3::timestamptz[]) AS c(loan_id, version, valid_to) "
-        "WHERE h.loan_id = c.loan_id AND h.version = c.version AND h.valid_to IS NULL"
-    )
+    sql_close_version = close_versions_sql(schema)
     sql_exposure = (
         f"INSERT INTO {s}.customer_exposure AS e ({EXPOSURE_COLUMNS}) "
         "SELECT c, cur, a, o, now() FROM unnest($1::text[], $2::text[], $3::int[], $4::bigint[]) "
@@ -493,6 +489,16 @@ def make_apply(schema: str) -> Any:
             await conn.executemany(sql_discard, rows.discarded)
 
     return apply
+
+
+def close_versions_sql(schema: str) -> str:
+    """Close open `loan_history` versions: $1 loan ids, $2 versions, $3 their `valid_to` (the
+    rows of `history_rows`' second list, as `columns`)."""
+    return (
+        f'UPDATE "{schema}".loan_history h SET valid_to = c.valid_to '
+        "FROM unnest($1::text[], $2::int[], $3::timestamptz[]) AS c(loan_id, version, valid_to) "
+        "WHERE h.loan_id = c.loan_id AND h.version = c.version AND h.valid_to IS NULL"
+    )
 
 
 def columns(rows: Sequence[tuple[Any, ...]]) -> list[list[Any]]:

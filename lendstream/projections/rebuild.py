@@ -66,6 +66,8 @@ from lendstream.projections.loans import (
     HISTORY_COLUMNS,
     LOAN_COLUMNS,
     PROJECTION,
+    close_versions_sql,
+    columns,
 )
 from lendstream.projections.replay import (
     REBUILT_TABLES,
@@ -268,11 +270,7 @@ class ShadowWriter:
         self.shadow = shadow
         s = f'"{shadow}"'
         self.first_round = True  # the tables are still empty (and without indexes)
-        self.sql_close = (
-            f"UPDATE {s}.loan_history h SET valid_to = c.valid_to "
-            "FROM unnest($1::text[], $2::int[], $3::timestamptz[]) AS c(loan_id, version, valid_to) "
-            "WHERE h.loan_id = c.loan_id AND h.version = c.version AND h.valid_to IS NULL"
-        )
+        self.sql_close = close_versions_sql(shadow)
         self.sql_drop_summaries = f"DELETE FROM {s}.loan_summary WHERE loan_id = ANY($1::text[])"
         self.sql_drop_exposures = (
             f"DELETE FROM {s}.customer_exposure e "
@@ -296,8 +294,7 @@ class ShadowWriter:
         if history:
             await self._copy(conn, "loan_history", HISTORY_COLUMNS, history)
         if closes:
-            loans, versions, valid_to = zip(*closes, strict=True)
-            await conn.execute(self.sql_close, list(loans), list(versions), list(valid_to))
+            await conn.execute(self.sql_close, *columns(closes))
 
     async def write_round(self, conn: asyncpg.Connection, end: RoundEnd) -> None:
         async with conn.transaction():
