@@ -43,7 +43,7 @@ from lendstream.domain.loans import evolve
 from lendstream.domain.sequencing import Policy
 from lendstream.embedded import start_postgres
 from lendstream.pg import drop_schema
-from lendstream.projections.loans import BatchRows, make_apply, rows_for
+from lendstream.projections.loans import BatchRows, columns, make_apply, rows_for
 from lendstream.projections.migrate import migrate
 from lendstream.settings import Settings
 from lendstream.simulation import Simulation
@@ -280,10 +280,10 @@ async def copy_event_log(
                 await conn.execute(
                     f'INSERT INTO "{schema}".event_log SELECT * FROM el ON CONFLICT DO NOTHING'
                 )
-        columns = list(zip(*[(f"unnest-{r[0]}", *r[1:]) for r in rows], strict=True))
+        arrays = columns([(f"unnest-{r[0]}", *r[1:]) for r in rows])
         with clock.phase("event_log by unnest arrays (alternative)"):
             async with conn.transaction():
-                await conn.execute(unnest_sql, *[list(c) for c in columns])
+                await conn.execute(unnest_sql, *arrays)
 
 
 def main(argv: list[str] | None = None) -> None:
