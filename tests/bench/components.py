@@ -43,7 +43,7 @@ from lendstream.domain.loans import evolve
 from lendstream.domain.sequencing import Policy
 from lendstream.embedded import start_postgres
 from lendstream.pg import drop_schema
-from lendstream.projections.loans import BatchRows, columns, make_apply, rows_for
+from lendstream.projections.loans import EVENT_LOG_TYPES, BatchRows, columns, make_apply, rows_for
 from lendstream.projections.migrate import migrate
 from lendstream.settings import Settings
 from lendstream.simulation import Simulation
@@ -249,8 +249,6 @@ async def write_to_postgres(
 EVENT_LOG_COLUMNS = ("event_id", "topic", "partition", "offset", "key", "type", "schema_version",
                      "occurred_at", "recorded_at", "loan_id", "correlation_id", "causation_id",
                      "data")  # fmt: skip
-EVENT_LOG_TYPES = ("text", "text", "int", "bigint", "text", "text", "int", "timestamptz",
-                   "timestamptz", "text", "text", "text", "jsonb")  # fmt: skip
 
 
 async def copy_event_log(
@@ -258,7 +256,7 @@ async def copy_event_log(
 ) -> None:
     """The same `event_log` rows (new ids) written two other ways, one statement per batch:
     COPY into a temporary table then INSERT ... SELECT, and INSERT ... SELECT FROM unnest (the
-    projection's own way since 2026-11-24; it ran `executemany` before)."""
+    projection's way on 2026-11-24, between `executemany` and one JSON parameter)."""
     quoted = ", ".join(f'"{c}"' for c in EVENT_LOG_COLUMNS)
     arrays = ", ".join(f"${i}::{t}[]" for i, t in enumerate(EVENT_LOG_TYPES, 1))
     unnest_sql = (
