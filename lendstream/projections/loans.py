@@ -170,9 +170,12 @@ def new_version(outcome: Applied[Loan]) -> Loan | None:
     return after if before is None or after.version != before.version else None
 
 
-def rows_for(outcomes: Sequence[Outcome[Loan]], now: datetime) -> LoanRows:
-    """Rows for a batch of outcomes, in order (pure)."""
-    rows = LoanRows()
+def rows_for(
+    outcomes: Sequence[Outcome[Loan]], now: datetime, into: LoanRows | None = None
+) -> LoanRows:
+    """Rows for a batch of outcomes, in order, added to `into` (new rows if None): a batch
+    may be turned into rows piece by piece (no I/O)."""
+    rows = LoanRows() if into is None else into
     for outcome in outcomes:
         if isinstance(outcome, Applied):
             rows.event_log.append(event_log_row(outcome.event, outcome, now))

@@ -181,7 +181,7 @@ async def process(
     with clock.phase(PHASES[3]):
         folded, outcomes, _commands = await loans.fold(loaded, messages, now)
     with clock.phase(PHASES[4]):
-        encoded, changed, saga_rows = loans.encode_changed(
+        encoded, changed, saga_rows = await loans.encode_changed(
             loaded, folded, stale_in_table, cast(Any, last_event)
         )
     with clock.phase(PHASES[5]):
