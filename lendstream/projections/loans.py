@@ -120,7 +120,7 @@ class LoanRows:
 
 def event_log_row(event: Event, outcome: Applied[Loan], recorded_at: datetime) -> tuple[Any, ...]:
     pos = outcome.position
-    data = orjson.dumps(event.model_dump(mode="json")["data"]).decode()
+    data = event.data.model_dump_json()  # type: ignore[attr-defined]  # each event type has data
     return (
         event.event_id, pos.topic, pos.partition, pos.offset, event.key, event.type,
         event.schema_version, event.occurred_at, recorded_at, getattr(event, "loan_id", None),
