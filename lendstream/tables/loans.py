@@ -13,6 +13,7 @@ from typing import Any
 import faust
 import orjson
 
+from lendstream import jsonbytes
 from lendstream.domain.loans import Loan, LoanStatus
 from lendstream.domain.sequencing import Keyed, Pending, Position
 from lendstream.sagas.payout import PayoutSaga
@@ -48,7 +49,7 @@ def encode(keyed: Keyed[Loan], saga: PayoutSaga | None = None) -> bytes:
     }
     if saga is not None:
         value["g"] = saga
-    return store.dumps(value)
+    return jsonbytes.dumps(value)
 
 
 def decode(raw: bytes | None) -> Keyed[Loan]:

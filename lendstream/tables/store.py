@@ -20,7 +20,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import orjson
 import rocksdict
 from faust.stores import STORES
 from faust.stores.rocksdb import RocksDBOptions
@@ -104,12 +103,3 @@ class Store(FaustRocksDBStore):
 
 
 STORES.aliases[SCHEME] = f"{__name__}:Store"
-
-
-def dumps(value: Any) -> bytes:
-    """`orjson.dumps(value)` in an allocation of its own size. orjson returns its output in the
-    buffer it grew while writing, which is kept: a 1.4 KB value holds 4 KiB, a 3 KB value 24
-    KiB (`tracemalloc`). Table values live for a whole batch (two with pipelined commits), so
-    the copy matters: one batch's 2,731 loan values of ~0.9 KB held 21 MiB
-    (docs/performance.md)."""
-    return bytes(memoryview(orjson.dumps(value)))

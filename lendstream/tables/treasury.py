@@ -14,6 +14,7 @@ from typing import Any
 import faust
 import orjson
 
+from lendstream import jsonbytes
 from lendstream.sagas.treasury import CreditLine, Hold
 from lendstream.settings import Settings
 from lendstream.tables import store
@@ -35,7 +36,7 @@ def declare(app: faust.App, settings: Settings) -> faust.Table:
 
 
 def encode(line: CreditLine, seq: int) -> bytes:
-    return store.dumps({"l": line, "n": seq})
+    return jsonbytes.dumps({"l": line, "n": seq})
 
 
 def decode(raw: bytes | None, partner_id: str) -> tuple[CreditLine, int]:

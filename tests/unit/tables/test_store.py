@@ -57,20 +57,3 @@ def test_the_worker_s_tables_are_stored_with_the_settings_budget(tmp_path: Path)
         assert isinstance(stored, store.Store)
         assert isinstance(stored.rocksdb_options, store.SharedBudgetOptions)
         assert stored.rocksdb_options.write_buffers.get_buffer_size() == 6 * store.MIB
-
-
-def test_dumps_is_orjson_in_an_allocation_of_its_own_size() -> None:
-    import tracemalloc
-
-    import orjson
-
-    value = {"a": [f"event-{n:040d}" for n in range(60)], "s": {"status": "active"}}
-    assert store.dumps(value) == orjson.dumps(value)
-    tracemalloc.start()
-    try:
-        before = tracemalloc.get_traced_memory()[0]
-        kept = [store.dumps(value) for _ in range(200)]
-        per_value = (tracemalloc.get_traced_memory()[0] - before) / len(kept)
-    finally:
-        tracemalloc.stop()
-    assert per_value < 1.2 * len(kept[0])  # orjson's own result: 16 KiB for these 3 KB
