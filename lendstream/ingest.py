@@ -159,8 +159,7 @@ def validate_items(spec: TopicSpec, items: Sequence[Any]) -> list[Item]:
         if isinstance(verdict, Invalid):
             errors.extend(field_errors(index, obj, verdict))
         else:
-            # `dumps` copies orjson's output to its own size: orjson's buffer holds 4 KiB for
-            # a 250-byte event, so a request of 1,000 held 4 MB until produced, not 0.3 MB.
+            # kept until produced: `jsonbytes.dumps`, not orjson's 4 KiB buffer per event
             valid.append(Item(index, verdict, verdict.key.encode(), dumps(obj)))
     if errors:
         invalid = len({e["index"] for e in errors})

@@ -15,6 +15,7 @@ from typing import Any
 import orjson
 
 from lendstream.simulation import Produced
+from lendstream.topics.codec import key_text
 
 Raw = tuple[str, bytes | None, bytes | None]
 
@@ -28,7 +29,8 @@ class Poison:
 
     @property
     def key(self) -> str:
-        return (self.message[1] or b"").decode()
+        """The key as the dead letter stores it."""
+        return key_text(self.message[1])
 
 
 def _applied(key: str) -> dict[str, Any]:
@@ -86,6 +88,8 @@ INVALID: list[tuple[str, Callable[[str], bytes | None], str, str]] = [
     ("unknown currency", lambda k: _mutated(k, _set(("data", "currency"), "XYZ")), "ValidationError", "currency"),
     ("schema_version from the future", lambda k: _mutated(k, _set(("schema_version",), 99)), "ValidationError", "schema_version"),
     ("data not an object", lambda k: _mutated(k, _set(("data",), [1])), "ValidationError", "data"),
+    ("a NUL character in a string", lambda k: _mutated(k, _set(("data", "customer_id"), "C\x00")), "ValidationError", "NUL"),
+    ("occurred_at before year 1 in UTC", lambda k: _mutated(k, _set(("occurred_at",), "0001-01-01T00:00:00+01:00")), "ValidationError", "occurred_at"),
 ] + [
     (f"{'.'.join(path)} missing", (lambda p: lambda k: _mutated(k, _without(*p)))(path), "ValidationError", path[-1])
     for path in [("event_id",), ("occurred_at",), ("loan_id",), ("data",), ("data", "customer_id"),
@@ -100,6 +104,10 @@ def invalid_poison(prefix: str) -> list[Poison]:
     for n, (name, make, error_class, mentions) in enumerate(INVALID):
         key = f"{prefix}-inv-{n:02d}"
         out.append(Poison(name, ("loan-events", key.encode(), make(key)), error_class, mentions))
+    nul_key = f"{prefix}-inv-nul\x00".encode()  # stored with U+FFFD: `text` cannot hold NUL
+    out.append(
+        Poison("a NUL character in the key", ("loan-events", nul_key, b"{"), "NotJson", "JSON")
+    )
     return out
 
 

@@ -24,7 +24,7 @@ from rocksdict import WriteBatch
 
 from lendstream.delivery import BatchQueue
 from lendstream.domain.sequencing import Message, Position
-from lendstream.topics.codec import TopicSpec
+from lendstream.topics.codec import TopicSpec, key_text
 
 
 @contextlib.contextmanager
@@ -38,9 +38,9 @@ def as_current(event: EventT) -> Iterator[None]:
 
 
 def key_of(event: EventT) -> str:
-    """The record's key as text (invalid UTF-8 replaced)."""
+    """The record's key as text (`codec.key_text`)."""
     raw_key = event.message.key
-    return raw_key.decode("utf-8", "replace") if isinstance(raw_key, bytes) else str(raw_key or "")
+    return key_text(raw_key) if isinstance(raw_key, bytes) else str(raw_key or "")
 
 
 def position_of(event: EventT) -> Position:

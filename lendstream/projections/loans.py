@@ -2,7 +2,7 @@
 `customer_exposure`, `event_log`, `dead_letters`, `ledger_entries`, `daily_payouts` and
 `saga_instances` rows.
 
-`rows_for` is pure (outcomes in, row tuples out); `apply` runs the statements inside the
+`rows_for` turns outcomes into row tuples without I/O; `apply` runs the statements inside the
 writer's transaction.
 
 Every statement is idempotent by *content*, not by Kafka position: after a crash the messages
@@ -144,7 +144,11 @@ def dead_letter_row(
     replayed: Event | None = None,
 ) -> tuple[Any, ...]:
     pos = pending.position
-    headers = {k: v.decode("utf-8", "replace") for k, v in message.headers} if message else {}
+    headers = (
+        {storable(k): storable(v.decode("utf-8", "replace")) for k, v in message.headers}
+        if message
+        else {}
+    )
     key = message.key if message else (pending.event.key if pending.event else None)
     return (
         pending.id, pos.topic, pos.partition, pos.offset, key, pending.event_id,
@@ -152,6 +156,13 @@ def dead_letter_row(
         pending.error, status, pending.since, now, pending.attempts, pending.retry_at,
         encode_event(replayed) if replayed is not None else None,
     )  # fmt: skip
+
+
+def storable(text: str) -> str:
+    """`text` as a `jsonb` column can hold it: U+0000 becomes U+FFFD. For a dead letter's
+    headers: any bytes can arrive in a header, and a dead letter that cannot be written would
+    stop the worker at every redelivery (keys: `codec.key_text`; values: `codec.NUL_REASON`)."""
+    return text.replace("\x00", "\ufffd")
 
 
 def _released_row(outcome: Applied[Loan] | Duplicate, now: datetime) -> tuple[Any, ...]:
@@ -215,8 +226,10 @@ def history_rows(
     """The `loan_history` rows of a batch's versions, each closed (`valid_to`) where the batch
     holds the next version of its loan, and the (loan, version, valid_to) of the stored
     versions the batch supersedes: only those need an `UPDATE` (pure). One row per (loan,
-    version), the last given: they are upserted by one statement, which may touch a row once."""
-    versions = list({(v.loan_id, v.version): v for v in versions}.values())
+    version), the last given, in (loan, version) order: they are upserted by one statement,
+    which may touch a row once, and takes its row locks in that order."""
+    unique = {(v.loan_id, v.version): v for v in versions}
+    versions = [unique[key] for key in sorted(unique)]
     next_from = {superseded(v): v.updated_at for v in versions}
     present = {(v.loan_id, v.version) for v in versions}
     rows = [history_row(v, next_from.get((v.loan_id, v.version))) for v in versions]
@@ -345,9 +358,10 @@ def make_apply(schema: str) -> Any:
     # event, against arrays per column (`unnest`), this costs the worker 1-2 µs of CPU instead
     # of 6.5-11.5 (asyncpg's array encoder checks every element against `Iterable`) and the
     # server 1-4 µs more (docs/performance.md). Rows that conflict, also with each other, are
-    # skipped; an upsert's rows must have distinct keys (a statement may update a row once),
-    # and they are in key order, as the row locks are taken (`jsonb_array_elements` keeps the
-    # array's order).
+    # skipped. An upsert's rows (history, summaries, exposures) have distinct keys (a statement
+    # may update a row once) and are in key order, the order its row locks are taken in
+    # (`jsonb_array_elements` keeps the array's order). `event_log` and `ledger_entries` rows
+    # are in batch order: they only conflict with a redelivered copy of the same batch.
     sql_event_log = (
         f'INSERT INTO {s}.event_log (event_id, topic, partition, "offset", key, type, '
         "schema_version, occurred_at, recorded_at, loan_id, correlation_id, causation_id, data) "
@@ -515,10 +529,10 @@ def json_rows(rows: Sequence[Sequence[Any]]) -> str:
     """Rows as one JSON array of arrays: the parameter of a `from_json` select (pure).
 
     Strings, ints and None go as they are, datetimes as RFC 3339 (every domain time is aware;
-    a naive one would be taken as UTC), an `orjson.Fragment` as the JSON it holds. What the
-    columns cannot hold fails as it did with arrays, only earlier or later: a lone surrogate
-    raises `orjson.JSONEncodeError` here, and PostgreSQL rejects a NUL character in `jsonb` as
-    it does in `text`."""
+    a naive one would be taken as UTC), an `orjson.Fragment` as the JSON it holds. What a
+    column cannot hold fails the commit, as it did with arrays; the codec keeps it out: a NUL
+    character (`topics.codec.NUL_REASON`) or an instant outside years 1-9999 in UTC
+    (`topics.envelope`) makes an event invalid, a dead letter."""
     return orjson.dumps(rows, option=orjson.OPT_NAIVE_UTC).decode()
 
 

@@ -47,6 +47,7 @@ from lendstream.projections.loans import (
     superseded,
 )
 from lendstream.topics import LOAN_PROCESSOR_INPUTS
+from lendstream.topics.codec import key_text
 
 SPECS = {spec.name: spec for spec in LOAN_PROCESSOR_INPUTS}
 TOPIC_RANK = {spec.name: rank for rank, spec in enumerate(LOAN_PROCESSOR_INPUTS)}
@@ -81,7 +82,7 @@ def projection_named(name: str | None) -> str:
 def to_message(record: ConsumerRecord[bytes, bytes]) -> Message:
     """An aiokafka record as the sequencing code's `Message`, decoded by its topic's codec."""
     raw_key = record.key
-    key = raw_key.decode("utf-8", "replace") if raw_key is not None else ""
+    key = key_text(raw_key)
     return Message(
         position=Position(record.topic, record.partition, record.offset),
         key=key,

@@ -30,6 +30,28 @@ class Invalid:
     reason: str
 
 
+#: PostgreSQL's `text` and `jsonb` cannot hold U+0000: an event with one could never be
+#: written, and its batch would fail at every redelivery. It is a dead letter instead.
+NUL_REASON = "a string holds a NUL character (\\u0000), which PostgreSQL cannot store"
+
+
+def key_text(raw: bytes | None) -> str:
+    """A record's key as text: invalid UTF-8 and NUL replaced by U+FFFD (a garbage key still
+    identifies its dead letter, and can be stored), "" for none."""
+    return raw.decode("utf-8", "replace").replace("\x00", "\ufffd") if raw is not None else ""
+
+
+def holds_nul(value: Any) -> bool:
+    """Whether a decoded JSON value has U+0000 in any string, object keys included."""
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, dict):
+        return any(holds_nul(k) or holds_nul(v) for k, v in value.items())
+    if isinstance(value, list):
+        return any(holds_nul(item) for item in value)
+    return False
+
+
 def format_validation_error(exc: ValidationError, limit: int = 5) -> str:
     """`data.amount_cents: Input should be greater than 0; …` — one line, fields first."""
     parts = []
@@ -78,12 +100,18 @@ class TopicSpec:
             obj = orjson.loads(value)
         except orjson.JSONDecodeError as exc:
             return Invalid("NotJson", f"value is not JSON: {exc}")
-        return self.validate(obj, key)
+        return self.validate(obj, key, may_hold_nul=b"\\u0000" in value)
 
-    def validate(self, obj: Any, key: bytes | str | None) -> Event | Invalid:
-        """A decoded JSON value to an event, checking it against the Kafka `key`."""
+    def validate(
+        self, obj: Any, key: bytes | str | None, may_hold_nul: bool = True
+    ) -> Event | Invalid:
+        """A decoded JSON value to an event, checking it against the Kafka `key`.
+        `may_hold_nul=False` skips the search for NUL characters (the raw JSON has no
+        `\\u0000`, the only way to write one)."""
         if not isinstance(obj, dict):
             return Invalid("NotAnObject", f"value is a JSON {type(obj).__name__}, not an object")
+        if may_hold_nul and holds_nul(obj):
+            return Invalid("ValidationError", NUL_REASON)
         kind = obj.get("type")
         if not isinstance(kind, str) or kind not in self.types:
             return Invalid("UnknownType", f"type: {kind!r} is not an event of {self.name}")

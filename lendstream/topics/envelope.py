@@ -8,7 +8,7 @@ rejected. `occurred_at` must be an RFC 3339 timestamp with an offset.
 from __future__ import annotations
 
 import re
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Annotated, Any, ClassVar
 
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, model_validator
@@ -23,12 +23,13 @@ MAX_CENTS = 10**15
 
 def _rfc3339(value: Any) -> datetime:
     """An RFC 3339 timestamp with an offset (`Z`/`z` or `±HH:MM`), parsed to an aware datetime;
-    fractions beyond microseconds are truncated. Anything else is a `ValueError`. (On the hot
-    path: one regex match, at most one replace, `fromisoformat`.)"""
+    fractions beyond microseconds are truncated. Anything else is a `ValueError`, as is an
+    instant before year 1 or after 9999 in UTC (PostgreSQL would store it, but it could not be
+    read back). (On the hot path: one regex match, at most one replace, `fromisoformat`.)"""
     if isinstance(value, datetime):
         if value.tzinfo is None:
             raise ValueError("timestamp needs a UTC offset")
-        return value
+        return _in_range(value)
     if not isinstance(value, str) or not (match := _RFC3339.match(value)):
         raise ValueError("expected an RFC 3339 timestamp with offset, e.g. 2026-01-31T12:00:00Z")
     fraction = match.group(1)
@@ -36,7 +37,15 @@ def _rfc3339(value: Any) -> datetime:
         value = value.replace(fraction, fraction[:7], 1)
     if value[-1] == "z":
         value = value[:-1] + "Z"
-    return datetime.fromisoformat(value)
+    return _in_range(datetime.fromisoformat(value))
+
+
+def _in_range(value: datetime) -> datetime:
+    try:
+        value.astimezone(UTC)
+    except OverflowError:
+        raise ValueError("timestamp is outside years 1-9999 in UTC") from None
+    return value
 
 
 def _iso_currency(value: str) -> str:

@@ -21,7 +21,7 @@ from lendstream.topics import (
     Invalid,
     TopicSpec,
 )
-from lendstream.topics.codec import MAX_VALUE_BYTES
+from lendstream.topics.codec import MAX_VALUE_BYTES, NUL_REASON, holds_nul, key_text
 from lendstream.topics.envelope import MAX_CENTS
 
 PID = "payout:L1"
@@ -327,6 +327,8 @@ def test_wrong_envelope_types(field: str, value: Any) -> None:
         "2026-02-30T12:00:00Z",  # no such day
         "2026-01-31T25:00:00Z",
         "2026-01-31T12:00:00+25:00",
+        "0001-01-01T00:00:00+01:00",  # before year 1 in UTC: stored, but not readable back
+        "9999-12-31T23:59:59-00:01",  # after 9999 in UTC
         "31/01/2026 12:00",
         "",
         1769860800,
@@ -481,6 +483,8 @@ def test_decode_never_raises_on_a_mangled_event(case: tuple[str, str], data: st.
     assert isinstance(result, Event | Invalid)
     if isinstance(result, Invalid):
         assert result.reason and "\n" not in result.reason
+    else:  # PostgreSQL could not store it: the batch would fail at every redelivery
+        assert not holds_nul(result.model_dump(mode="json"))
 
 
 @settings(max_examples=200, deadline=None, database=None)
@@ -494,3 +498,36 @@ def test_payment_and_payout_specs_are_loan_keyed() -> None:
     for spec in (PAYMENT_EVENTS, PAYOUT_EVENTS, LOAN_EVENTS):
         assert spec.key_field == "loan_id"
     assert TREASURY_EVENTS.key_field == "partner_id"
+
+
+# -- what PostgreSQL cannot store -------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        lambda v: v.update(event_id="e-\x00-1"),
+        lambda v: v["data"].update(reason="no\x00pe"),
+        lambda v: v["data"].update({"field\x00name": 1}),
+    ],
+    ids=["envelope field", "data field", "field name"],
+)
+def test_a_nul_character_anywhere_makes_an_event_invalid(change: Any) -> None:
+    value = envelope("loan-events", "LoanRejected")
+    change(value)
+    assert invalid("loan-events", value) == Invalid("ValidationError", NUL_REASON)
+    ingested = LOAN_EVENTS.validate(value, "L1")  # ingest validates parsed JSON
+    assert ingested == Invalid("ValidationError", NUL_REASON)
+
+
+def test_the_text_backslash_u0000_is_not_a_nul_character() -> None:
+    value = envelope("loan-events", "LoanRejected")
+    value["data"]["reason"] = "see \\u0000 in the docs"  # a backslash, then "u0000"
+    assert b"\\u0000" in json.dumps(value).encode()
+    assert isinstance(decode("loan-events", value), Event)
+
+
+def test_key_text_replaces_invalid_utf8_and_nul() -> None:
+    assert key_text(b"L-1") == "L-1"
+    assert key_text(b"L\x00\xff1") == "L\ufffd\ufffd1"
+    assert key_text(None) == ""
