@@ -2,4 +2,5 @@ import sys
 
 from lendstream.cli import main
 
-sys.exit(main())
+if __name__ == "__main__":  # not when a spawned child process imports the main module
+    sys.exit(main())

@@ -119,6 +119,8 @@ class Settings(BaseSettings):
     # PostgreSQL commits the previous one; commits and acks stay in order. Catch-up +15-20%
     # (docs/performance.md); false: one batch at a time
     pipelined_commits: bool = True
+    # processes that fold the input partitions in `projections rebuild` (1: the rebuild's own)
+    rebuild_workers: int = Field(default=2, ge=1, le=64)
     kafka_session_timeout: Duration = 10.0
     kafka_heartbeat_interval: Duration = 1.0
     pg_pool_max: int = Field(default=4, ge=1, le=100)

@@ -25,9 +25,17 @@ topics into shadow tables, then swap them in atomically while the live worker ke
    holds one version per loan, and only the later rounds — the small gap to the live worker —
    touch rows already written. After the first round the live tables' indexes and constraints
    are built under their live names (one sort each instead of an insert per row).
+
+   The fold is the rebuild's bottleneck (CPU), so it runs in `LENDSTREAM_REBUILD_WORKERS`
+   processes (`ProcessFolds`, default 2): each folds the partition numbers of its own (a
+   loan's messages all sit in one) with its own consumer and connection, and writes and
+   commits its loans' history and summaries. A customer's loans may sit in any partition, so
+   each returns its exposure totals per round, and this process writes their sum
+   (`replay.ExposureSum`). The shadow tables are the rebuild's alone until the swap, so
+   several writers change nothing of the above.
 3. **Swap**, in one transaction: lock the live worker's position rows (`FOR UPDATE`: its next
-   commit waits), fold the last increment up to exactly those positions, lock the views bound to
-   the tables and the tables themselves (`ACCESS EXCLUSIVE`: readers wait, they do not fail),
+   commit waits), fold the last increment up to exactly those positions (fold processes
+   commit their part before the swap goes on), lock the views bound to the tables and the tables themselves (`ACCESS EXCLUSIVE`: readers wait, they do not fail),
    rename the live tables and their indexes away, move the shadow tables in under the live
    names with the live tables' grants, re-create the analysts' views
    (`analysts.recreate_views`), and drop the replaced tables. At the commit, the new tables
@@ -48,10 +56,15 @@ at the next run.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import multiprocessing
 import time
+import traceback
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from multiprocessing.connection import Connection as MPConnection
+from multiprocessing.process import BaseProcess
+from typing import Any, Protocol
 
 import asyncpg
 from aiokafka import AIOKafkaConsumer
@@ -60,6 +73,7 @@ from aiokafka.structs import TopicPartition
 from lendstream.analysts import recreate_views
 from lendstream.domain.loans import evolve
 from lendstream.domain.sequencing import Message, Policy
+from lendstream.gc_tuning import tune_gc
 from lendstream.kafka import group_less_consumer
 from lendstream.projections.loans import (
     EXPOSURE_COLUMNS,
@@ -73,6 +87,8 @@ from lendstream.projections.replay import (
     REBUILT_TABLES,
     SPECS,
     Close,
+    ExposureRow,
+    ExposureSum,
     Fold,
     HistoryRow,
     Merge,
@@ -81,6 +97,7 @@ from lendstream.projections.replay import (
     progress_line,
     to_message,
 )
+from lendstream.security import kafka_client_options
 from lendstream.settings import Settings
 
 BATCH = 5000
@@ -165,6 +182,197 @@ class Source:
         self.consumer.resume(*resume)
 
 
+class Folder:
+    """Folds some of the input partitions into the shadow tables: the history and summaries of
+    their loans (a loan's messages all sit in one partition number). A customer's loans may sit
+    in any partition, so a round returns this folder's exposure totals of the customers its
+    loans touched, for `ExposureSum`, instead of writing them."""
+
+    def __init__(self, settings: Settings, shadow: str, source: Source,
+                 step: Callable[[int], None]) -> None:  # fmt: skip
+        self.source = source
+        self.step = step
+        policy = Policy(backoff=settings.retry_backoff, park_deadline=settings.park_deadline)
+        self.fold = Fold(evolve, policy)
+        self.rows = ShadowRows()
+        self.writer = ShadowWriter(settings.pg_schema, shadow)
+
+    async def round(
+        self, conn: asyncpg.Connection, targets: Mapping[TopicPartition, int]
+    ) -> list[ExposureRow]:
+        async for messages in self.source.read_to(targets):
+            history, closes = self.rows.add(self.fold.apply(messages))
+            await self.writer.write_batch(conn, history, closes)
+            self.step(len(messages))
+        end = self.rows.end_round()
+        await self.writer.write_round(conn, RoundEnd(end.history, end.summaries, []))
+        return end.exposures
+
+
+class Folds(Protocol):
+    """The folders of a rebuild: started on the input partitions, then run round by round."""
+
+    async def start(self, tps: list[TopicPartition]) -> None: ...
+
+    async def round(
+        self, conn: asyncpg.Connection, targets: Mapping[TopicPartition, int]
+    ) -> list[list[ExposureRow]]: ...
+
+    @property
+    def done(self) -> Mapping[TopicPartition, int]: ...
+
+    async def stop(self) -> None: ...
+
+
+class LocalFolds:
+    """One `Folder` over every partition, in the rebuild's process, with its consumer."""
+
+    def __init__(self, rebuild: Rebuild, consumer: AIOKafkaConsumer) -> None:
+        self.rebuild = rebuild
+        self.consumer = consumer
+        self.folder: Folder | None = None
+
+    async def start(self, tps: list[TopicPartition]) -> None:
+        self.consumer.assign(tps)
+        await self.consumer.seek_to_beginning(*tps)
+        rebuild = self.rebuild
+        source = Source(self.consumer, tps)
+        self.folder = Folder(rebuild.settings, rebuild.shadow, source, rebuild.progress.step)
+
+    async def round(
+        self, conn: asyncpg.Connection, targets: Mapping[TopicPartition, int]
+    ) -> list[list[ExposureRow]]:
+        assert self.folder is not None
+        return [await self.folder.round(conn, targets)]
+
+    @property
+    def done(self) -> Mapping[TopicPartition, int]:
+        return self.folder.source.merge.done if self.folder is not None else {}
+
+    async def stop(self) -> None:
+        pass
+
+
+class ProcessFolds:
+    """`workers` child processes (spawned), each a `Folder` over the partition numbers whose
+    index modulo `workers` is its own, with its own consumer and PostgreSQL connection: the
+    fold, the rebuild's bottleneck, runs on several cores. Each child writes and commits its
+    own rows; a failed child fails the rebuild (its traceback in the error)."""
+
+    def __init__(self, rebuild: Rebuild, bootstrap: list[str], workers: int) -> None:
+        self.rebuild = rebuild
+        self.bootstrap = bootstrap
+        self.workers = workers
+        self.children: list[tuple[BaseProcess, MPConnection]] = []
+        self._done: dict[TopicPartition, int] = {}
+
+    async def start(self, tps: list[TopicPartition]) -> None:
+        numbers = sorted({tp.partition for tp in tps})
+        count = min(self.workers, len(numbers))
+        context = multiprocessing.get_context("spawn")  # no fork of a running event loop
+        rebuild = self.rebuild
+        for index in range(count):
+            ours, theirs = context.Pipe()
+            args = (rebuild.settings, rebuild.dsn, self.bootstrap, numbers[index::count], theirs)
+            child = context.Process(target=fold_process, args=args, daemon=True,
+                                    name=f"rebuild-fold-{index}")  # fmt: skip
+            child.start()
+            theirs.close()
+            self.children.append((child, ours))
+        await asyncio.gather(*(self._receive(n, "ready") for n in range(count)))
+
+    async def round(
+        self, conn: asyncpg.Connection, targets: Mapping[TopicPartition, int]
+    ) -> list[list[ExposureRow]]:
+        for _, pipe in self.children:
+            pipe.send(("round", dict(targets)))
+        replies = await asyncio.gather(
+            *(self._receive(n, "done") for n in range(len(self.children)))
+        )
+        for _, done in replies:
+            self._done.update(done)
+        return [exposures for exposures, _ in replies]
+
+    @property
+    def done(self) -> Mapping[TopicPartition, int]:
+        return self._done
+
+    async def _receive(self, index: int, expected: str) -> Any:
+        """Wait for child `index`'s `expected` reply, counting its progress on the way."""
+        child, pipe = self.children[index]
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                kind, *body = await loop.run_in_executor(None, pipe.recv)
+            except EOFError:
+                raise RuntimeError(f"{child.name} exited ({child.exitcode})") from None
+            if kind == "step":
+                self.rebuild.progress.step(body[0])
+            elif kind == "error":
+                raise RuntimeError(f"{child.name} failed:\n{body[0]}")
+            elif kind == expected:
+                return body[0] if len(body) == 1 else tuple(body)
+
+    async def stop(self) -> None:
+        for _, pipe in self.children:
+            with contextlib.suppress(OSError):
+                pipe.send(("stop",))
+        loop = asyncio.get_running_loop()
+        for child, pipe in self.children:
+            await loop.run_in_executor(None, child.join, STOP_SECONDS)
+            if child.is_alive():
+                child.kill()
+                await loop.run_in_executor(None, child.join)
+            pipe.close()
+        self.children = []
+
+
+#: How long a fold process may take to stop before it is killed.
+STOP_SECONDS = 10.0
+
+
+def fold_process(
+    settings: Settings, dsn: str, bootstrap: list[str], numbers: list[int], pipe: MPConnection
+) -> None:
+    """A `ProcessFolds` child: folds the input partitions numbered `numbers` on the commands
+    that arrive on `pipe` (`("round", targets)`, `("stop",)`), replying `("ready",)`, then
+    `("step", n)` per batch and `("done", exposures, positions)` per round, or `("error",
+    traceback)`."""
+    tune_gc()
+    try:
+        asyncio.run(_fold_partitions(settings, dsn, bootstrap, numbers, pipe))
+    except BaseException:
+        with contextlib.suppress(OSError):
+            pipe.send(("error", traceback.format_exc()))
+
+
+async def _fold_partitions(
+    settings: Settings, dsn: str, bootstrap: list[str], numbers: list[int], pipe: MPConnection
+) -> None:
+    consumer = group_less_consumer(bootstrap, kafka_client_options(settings))
+    await consumer.start()
+    conn = await asyncpg.connect(dsn)
+    try:
+        await consumer.topics()
+        tps = [tp for tp in partitions_of(consumer) if tp.partition in numbers]
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        shadow = f"{settings.pg_schema}__rebuild"
+        folder = Folder(settings, shadow, Source(consumer, tps), lambda n: pipe.send(("step", n)))
+        pipe.send(("ready", None))
+        loop = asyncio.get_running_loop()
+        while True:
+            command = await loop.run_in_executor(None, pipe.recv)
+            if command[0] == "stop":
+                return
+            targets = {tp: end for tp, end in command[1].items() if tp in tps}
+            exposures = await folder.round(conn, targets)
+            pipe.send(("done", exposures, dict(folder.source.merge.done)))
+    finally:
+        await conn.close()
+        await consumer.stop()
+
+
 class Rebuild:
     """One rebuild of the loan projection in `schema`."""
 
@@ -174,40 +382,44 @@ class Rebuild:
         self.schema = settings.pg_schema
         self.shadow = f"{self.schema}__rebuild"
         self.progress = Progress(say)
-        self.fold = Fold(
-            evolve, Policy(backoff=settings.retry_backoff, park_deadline=settings.park_deadline)
-        )
-        self.rows = ShadowRows()
-        self.writer = ShadowWriter(self.schema, self.shadow)
+        self.writer = ShadowWriter(self.schema, self.shadow)  # the schema, indexes, exposures
+        self.exposures = ExposureSum()
 
-    async def run(self, consumer: AIOKafkaConsumer) -> Report:
+    async def run(self, consumer: AIOKafkaConsumer, bootstrap: list[str] | None = None) -> Report:
+        """Rebuild, folding in this process with `consumer`, or, with
+        `LENDSTREAM_REBUILD_WORKERS` > 1 (and `bootstrap`), in that many child processes."""
         conn = await asyncpg.connect(self.dsn)
         ticker = asyncio.create_task(self.progress.every_second())
+        workers = self.settings.rebuild_workers
+        folds: Folds = (
+            ProcessFolds(self, bootstrap, workers)
+            if workers > 1 and bootstrap is not None
+            else LocalFolds(self, consumer)
+        )
         try:
             await self.writer.create(conn)
             await consumer.topics()  # loads the cluster metadata
             tps = partitions_of(consumer)
-            consumer.assign(tps)
-            await consumer.seek_to_beginning(*tps)
-            source = Source(consumer, tps)
+            await folds.start(tps)
             targets = await self.live_targets(conn, tps)
             self.progress.total = _count(targets, {})
-            await self.fold_to(conn, source, targets)
+            await self.fold_to(conn, folds, targets)
             await self.writer.build_indexes(conn)
             self.progress.phase = "catch-up"
             while True:
                 newer = await self.live_targets(conn, tps)
-                gap = _count(newer, source.merge.done)
+                gap = _count(newer, folds.done)
                 if gap <= SWAP_GAP:
                     break
                 self.progress.total += gap
-                await self.fold_to(conn, source, newer)
+                await self.fold_to(conn, folds, newer)
             self.progress.phase = "swap"
-            positions = await self.swap(conn, source, tps)
+            positions = await self.swap(conn, folds, tps)
             self.progress.show()
             return Report(self.progress.done, time.monotonic() - self.progress.started, positions)
         finally:
             ticker.cancel()
+            await folds.stop()
             await conn.close()
 
     async def live_targets(
@@ -224,22 +436,20 @@ class Rebuild:
         return {tp: stored.get(tp, -1) for tp in tps}
 
     async def fold_to(
-        self, conn: asyncpg.Connection, source: Source, targets: Mapping[TopicPartition, int]
+        self, conn: asyncpg.Connection, folds: Folds, targets: Mapping[TopicPartition, int]
     ) -> None:
-        """One round: fold up to `targets`, writing as the module doc says."""
-        async for messages in source.read_to(targets):
-            history, closes = self.rows.add(self.fold.apply(messages))
-            await self.writer.write_batch(conn, history, closes)
-            self.progress.step(len(messages))
-        await self.writer.write_round(conn, self.rows.end_round())
+        """One round: fold up to `targets`, writing as the module doc says (the folders write
+        history and summaries; the exposures, which span partitions, are written here)."""
+        exposures = self.exposures.add(await folds.round(conn, targets))
+        await self.writer.write_round(conn, RoundEnd([], [], exposures))
 
     async def swap(
-        self, conn: asyncpg.Connection, source: Source, tps: list[TopicPartition]
+        self, conn: asyncpg.Connection, folds: Folds, tps: list[TopicPartition]
     ) -> dict[tuple[str, int], int]:
         async with conn.transaction():
             targets = await self.live_targets(conn, tps, lock=True)
-            self.progress.total += _count(targets, source.merge.done)
-            await self.fold_to(conn, source, targets)
+            self.progress.total += _count(targets, folds.done)
+            await self.fold_to(conn, folds, targets)
             await self.swap_tables(conn)
         await conn.execute(f'DROP SCHEMA IF EXISTS "{self.shadow}" CASCADE')
         return {(tp.topic, tp.partition): offset for tp, offset in targets.items()}
@@ -424,7 +634,7 @@ async def rebuild(
     consumer = group_less_consumer(bootstrap, client_options)
     await consumer.start()
     try:
-        return await Rebuild(settings, dsn, say).run(consumer)
+        return await Rebuild(settings, dsn, say).run(consumer, bootstrap)
     finally:
         await consumer.stop()
 

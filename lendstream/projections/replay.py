@@ -248,6 +248,32 @@ class ShadowRows:
         )
 
 
+#: A `customer_exposure` row as a round ends: (customer, currency, active loans, outstanding).
+ExposureRow = tuple[str, str, int, int]
+
+
+class ExposureSum:
+    """`customer_exposure` totals from several folders, each over its own loans: a (customer,
+    currency)'s total is the sum of every folder's latest total for it (pure)."""
+
+    def __init__(self) -> None:
+        self.latest: dict[int, dict[tuple[str, str], tuple[int, int]]] = {}
+
+    def add(self, rounds: Sequence[list[ExposureRow]]) -> list[ExposureRow]:
+        """The totals of the customers one round touched, from each folder's rows (by index)."""
+        touched: set[tuple[str, str]] = set()
+        for folder, rows in enumerate(rounds):
+            latest = self.latest.setdefault(folder, {})
+            for customer, currency, active, outstanding in rows:
+                latest[(customer, currency)] = (active, outstanding)
+                touched.add((customer, currency))
+        totals = []
+        for key in sorted(touched):
+            parts = [latest[key] for latest in self.latest.values() if key in latest]
+            totals.append((*key, sum(p[0] for p in parts), sum(p[1] for p in parts)))
+        return totals
+
+
 def progress_line(done: int, total: int, seconds: float, phase: str) -> str:
     """`rebuild loans [fold]: 12,000/50,000 events (24%), 8,000 ev/s, ETA 0:05`."""
     rate = done / seconds if seconds > 0 else 0.0

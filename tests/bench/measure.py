@@ -534,7 +534,7 @@ class Bench:
                 while not exited.done():
                     if time.monotonic() - started > self.options.stage_timeout:
                         raise TimeoutError(f"rebuild not done after {self.options.stage_timeout}s")
-                    peak_rss = max(peak_rss, rss_mb(proc.pid, peak=True))
+                    peak_rss = max(peak_rss, rss_tree_mb(proc.pid))
                     row = await conn.fetchrow(
                         "SELECT extract(epoch FROM backend_start)::float8 AS began, "
                         "extract(epoch FROM xact_start)::float8 AS xact, query "
@@ -592,9 +592,9 @@ class Bench:
         )
 
     def _rebuild_cpu(self, pid: int) -> dict[str, float]:
-        """CPU seconds so far of the rebuild process and of the known services, with the
-        children they reaped (a PostgreSQL backend's CPU outlives it in the postmaster's)."""
-        used = {"rebuild": cpu_seconds(pid)}
+        """CPU seconds so far of the rebuild process (with its fold processes) and of the known
+        services, with the children they reaped (a PostgreSQL backend's CPU outlives it in the postmaster's)."""
+        used = {"rebuild": cpu_seconds(pid, with_children=True, with_reaped=True)}
         for name, service in self.service_pids.items():
             used[name] = cpu_seconds(service, with_children=True, with_reaped=True)
         return used
@@ -884,6 +884,17 @@ def quantile(values: list[float], q: float) -> float:
         return float("nan")
     ordered = sorted(values)
     return ordered[min(int(q * len(ordered)), len(ordered) - 1)]
+
+
+def rss_tree_mb(pid: int) -> float:
+    """The peak resident set size (`VmHWM`) of a live process, plus the current one of its
+    children (the rebuild's fold processes), in MiB: sampled often, the largest value is
+    close to the tree's peak."""
+    try:
+        children = psutil.Process(pid).children(recursive=True)
+    except psutil.Error:
+        children = []
+    return rss_mb(pid, peak=True) + sum(rss_mb(child.pid) for child in children)
 
 
 def rss_mb(pid: int, peak: bool = False) -> float:

@@ -78,7 +78,7 @@ def rows(results: Results) -> list[Row]:
             rate(f"    with the swap ({b.swap_seconds:.2f}s)", b.rate_with_swap, 100_000),
             rate(f"    with process start-up ({b.total_seconds:.1f}s in all)", b.rate_with_startup),
             *[Row(f"    CPU per event: {who}", us, "us") for who, us in b.cpu_us_per_event.items()],
-            Row("    peak RSS of the rebuild process", b.peak_rss_mb, "MiB"),
+            Row("    peak RSS of the rebuild (with its fold processes)", b.peak_rss_mb, "MiB"),
         ]
     if results.peak_rss_mb:
         out += [

@@ -14,6 +14,7 @@ from lendstream.domain.loans import Loan, evolve
 from lendstream.domain.sequencing import Keyed, Message, Position
 from lendstream.projections.loans import exposure_deltas, history_rows, loan_row, rows_for
 from lendstream.projections.replay import (
+    ExposureSum,
     Fold,
     Merge,
     ShadowRows,
@@ -169,6 +170,28 @@ def test_shadow_rows_leave_the_tables_of_the_live_writer_at_every_round_end(
         ("C1", "USD"): (1, 110_000),
         ("C2", "USD"): (0, 0),
     }
+
+
+@pytest.mark.parametrize("rounds", [(), (3,), (4, 9)])
+def test_exposures_of_folders_over_disjoint_loans_sum_to_the_live_ones(
+    rounds: tuple[int, ...],
+) -> None:
+    """Fold processes each own some loans (`ProcessFolds`); a customer's loans may be in
+    several: the sum of each folder's latest totals is the live writer's exposure."""
+    versions = lifecycle_versions()
+    loans = sorted({v.loan_id for v in versions})
+    owners = {loan: n % 2 for n, loan in enumerate(loans)}
+    folders, total = [ShadowRows(), ShadowRows()], ExposureSum()
+    exposure: dict[tuple[str, str], tuple[int, int]] = {}
+    starts = [0, *rounds]
+    for start, end in zip(starts, [*rounds, len(versions)], strict=True):
+        part = versions[start:end]
+        ends = []
+        for n, folder in enumerate(folders):
+            folder.add([v for v in part if owners[v.loan_id] == n])
+            ends.append(folder.end_round().exposures)
+        exposure.update({(c, cur): (a, o) for c, cur, a, o in total.add(ends)})
+        assert exposure == live_tables(versions[:end])["customer_exposure"]
 
 
 def test_progress_line_shows_done_total_rate_and_eta() -> None:

@@ -200,14 +200,16 @@ async def test_rebuild_during_live_traffic_swaps_in_equal_tables(pipeline: Pipel
     await assert_read_models_match(pipeline, traffic)
     pipeline.assert_no_crash()
 
-    # At rest, a second rebuild reproduces the live tables row for row; grants survive.
+    # At rest, a rebuild reproduces the live tables row for row, folding in this process or
+    # in two (`LENDSTREAM_REBUILD_WORKERS`, default 2); grants survive.
     live = await snapshot(pipeline)
-    settings = pipeline.settings
-    report = await rebuild(
-        settings, settings.pg_dsn, settings.bootstrap_servers, {}, lambda _: None
-    )
-    assert report.events >= len(traffic.stream)
-    assert await snapshot(pipeline) == live
+    for workers in (1, 2):
+        settings = pipeline.settings.model_copy(update={"rebuild_workers": workers})
+        report = await rebuild(
+            settings, settings.pg_dsn, settings.bootstrap_servers, {}, lambda _: None
+        )
+        assert report.events >= len(traffic.stream)
+        assert await snapshot(pipeline) == live, f"{workers} fold process(es)"
     granted = await pipeline.fetch(
         "SELECT has_table_privilege('lendstream_reader', 'loan_summary', 'SELECT') AS ok"
     )
