@@ -284,8 +284,11 @@ class ProcessFolds:
     async def round(
         self, conn: asyncpg.Connection, targets: Mapping[TopicPartition, int]
     ) -> list[list[ExposureRow]]:
-        for _, pipe in self.children:
-            pipe.send(("round", dict(targets)))
+        for child, pipe in self.children:
+            try:
+                pipe.send(("round", dict(targets)))
+            except OSError:  # it died between rounds
+                raise RuntimeError(f"{child.name} exited ({child.exitcode})") from None
         replies = await asyncio.gather(
             *(self._receive(n, "done") for n in range(len(self.children)))
         )
@@ -304,7 +307,7 @@ class ProcessFolds:
         while True:
             try:
                 kind, *body = await loop.run_in_executor(None, pipe.recv)
-            except EOFError:
+            except (EOFError, OSError):  # it died: the pipe is closed or reset
                 raise RuntimeError(f"{child.name} exited ({child.exitcode})") from None
             if kind == "step":
                 self.rebuild.progress.step(body[0])

@@ -11,13 +11,14 @@ import sys
 from typing import Any
 
 import asyncpg
+import psutil
 import pytest
 
 from lendstream.devstack import worker_env
 from lendstream.embedded import Postgres
 from lendstream.projections.loans import BatchRows, LoanRows, make_apply
 from lendstream.projections.migrate import migrate
-from lendstream.projections.rebuild import ShadowWriter, rebuild
+from lendstream.projections.rebuild import ProcessFolds, ShadowWriter, rebuild
 from lendstream.projections.replay import REBUILT_TABLES, ShadowRows
 from tests.harness import Pipeline
 from tests.traffic import build
@@ -227,3 +228,31 @@ async def test_a_schema_without_read_models_is_one_line_and_exit_2(pipeline: Pip
         f"{pipeline.settings.pg_schema}__rebuild",
     )
     assert rows[0]["n"] == 0  # nothing left behind
+
+
+async def test_a_fold_process_that_dies_fails_the_rebuild_and_leaves_the_live_tables(
+    pipeline: Pipeline, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SIGKILL of a fold process: the rebuild fails with a clear error naming it, the live
+    tables are as they were, and no fold process is left behind."""
+    traffic = build(seed=5, loans=100, min_events=2_000)
+    await pipeline.create_topics()
+    pipeline.start_worker()
+    await pipeline.produce(traffic.stream)
+    await pipeline.wait_caught_up(timeout=240)
+    live = await snapshot(pipeline)
+    start = ProcessFolds.start
+
+    async def start_then_kill_one(self: ProcessFolds, tps: Any) -> None:
+        await start(self, tps)
+        self.children[0][0].kill()
+
+    monkeypatch.setattr(ProcessFolds, "start", start_then_kill_one)
+    settings = pipeline.settings.model_copy(update={"rebuild_workers": 2})
+    with pytest.raises(RuntimeError, match=r"rebuild-fold-0 (exited|failed)"):
+        await rebuild(settings, settings.pg_dsn, settings.bootstrap_servers, {}, lambda _: None)
+
+    assert await snapshot(pipeline) == live
+    left = [" ".join(p.cmdline()) for p in psutil.Process().children(recursive=True)]
+    assert not [c for c in left if "spawn_main" in c], left  # a fold process
+    pipeline.assert_no_crash()
