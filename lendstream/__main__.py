@@ -2,5 +2,5 @@ import sys
 
 from lendstream.cli import main
 
-if __name__ == "__main__":  # not when a spawned child process imports the main module
+if __name__ == "__main__":  # only when run (spawn skips a package's __main__ anyway)
     sys.exit(main())

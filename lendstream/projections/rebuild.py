@@ -4,22 +4,23 @@ topics into shadow tables, then swap them in atomically while the live worker ke
 1. **Shadow.** A schema `<schema>__rebuild` gets empty copies of `loan_summary`,
    `loan_history` and `customer_exposure` (`LIKE … INCLUDING ALL EXCLUDING INDEXES`); the live
    tables stay untouched and readable.
-2. **Fold**, in rounds: a group-less aiokafka consumer reads the loan processor's inputs from
-   the start (`replay.Merge` orders them) and the live pure code folds them
-   (`sequencing.handle`; `projections.loans.new_version` keeps the versions the live projection
-   writes) — first up to the positions the live worker had stored when the rebuild started
-   (`projection_positions`), then again up to its newer positions until the gap is small. The
-   rebuild never reads past the live positions, so it is never ahead of the live tables.
+2. **Fold**, in rounds: group-less aiokafka consumers (one per fold process, below) read the
+   loan processor's inputs from the start (`replay.Merge` orders them) and the live pure code
+   folds them (`sequencing.handle`; `projections.loans.new_version` keeps the versions the live
+   projection writes) — first up to the positions the live worker had stored when the rebuild
+   started (`projection_positions`), then again up to its newer positions until the gap is
+   small. The rebuild never reads past the live positions, so it is never ahead of the live tables.
 
    The shadow tables are empty and only the rebuild writes them, so it writes in bulk
    (`replay.ShadowRows`, built on the live pure functions `history_row`, `superseded`,
    `loan_row` and `exposure_deltas`): each batch COPYs the `loan_history` rows that the batch
-   made final (superseded versions); the end of each round writes, in one transaction, every
-   changed loan's newest version (open in `loan_history`, and its `loan_summary` row) and the
-   new `customer_exposure` totals of the customers it touched. The first round COPYs into the
-   empty tables; a later round closes (UPDATE) the versions it supersedes and replaces (DELETE,
-   then COPY) the summary and exposure rows it changed. So every round ends with the shadow
-   tables exactly as the live writer would leave them at the positions reached. Why not hold
+   made final (superseded versions); the end of each round writes (one transaction per fold
+   process, and one for the exposures) every changed loan's newest version (open in
+   `loan_history`, and its `loan_summary` row) and the new `customer_exposure` totals of the
+   customers it touched. The first round COPYs into the empty tables; a later round closes
+   (UPDATE) the versions it supersedes and replaces (DELETE, then COPY) the summary and
+   exposure rows it changed. So every round ends with the shadow tables exactly as the live
+   writer would leave them at the positions reached. Why not hold
    everything until the swap: memory would grow with every version, and the swap transaction
    (which holds the live worker's position locks) would write the whole tables; this way memory
    holds one version per loan, and only the later rounds — the small gap to the live worker —
@@ -35,10 +36,11 @@ topics into shadow tables, then swap them in atomically while the live worker ke
    several writers change nothing of the above.
 3. **Swap**, in one transaction: lock the live worker's position rows (`FOR UPDATE`: its next
    commit waits), fold the last increment up to exactly those positions (fold processes
-   commit their part before the swap goes on), lock the views bound to the tables and the tables themselves (`ACCESS EXCLUSIVE`: readers wait, they do not fail),
-   rename the live tables and their indexes away, move the shadow tables in under the live
-   names with the live tables' grants, re-create the analysts' views
-   (`analysts.recreate_views`), and drop the replaced tables. At the commit, the new tables
+   commit their part before the swap goes on), lock the views bound to the tables and the
+   tables themselves (`ACCESS EXCLUSIVE`: readers wait, they do not fail), rename the live
+   tables and their indexes away, move the shadow tables in under the live names with the
+   live tables' grants, re-create the analysts' views (`analysts.recreate_views`), and drop
+   the replaced tables. At the commit, the new tables
    reflect the same Kafka positions as the tables they replace.
 
 Guarantee: a READ COMMITTED statement (PostgreSQL's default) sees either the old tables or the
@@ -61,6 +63,7 @@ import multiprocessing
 import time
 import traceback
 from collections.abc import AsyncIterator, Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection as MPConnection
 from multiprocessing.process import BaseProcess
@@ -221,7 +224,7 @@ class Folds(Protocol):
     @property
     def done(self) -> Mapping[TopicPartition, int]: ...
 
-    async def stop(self) -> None: ...
+    async def stop(self, kill: bool = False) -> None: ...
 
 
 class LocalFolds:
@@ -249,15 +252,16 @@ class LocalFolds:
     def done(self) -> Mapping[TopicPartition, int]:
         return self.folder.source.merge.done if self.folder is not None else {}
 
-    async def stop(self) -> None:
+    async def stop(self, kill: bool = False) -> None:
         pass
 
 
 class ProcessFolds:
-    """`workers` child processes (spawned), each a `Folder` over the partition numbers whose
-    index modulo `workers` is its own, with its own consumer and PostgreSQL connection: the
-    fold, the rebuild's bottleneck, runs on several cores. Each child writes and commits its
-    own rows; a failed child fails the rebuild (its traceback in the error)."""
+    """Child processes (spawned), at most `workers`, each a `Folder` over a share of the
+    partition numbers (the i-th of every `count`), with its own consumer and PostgreSQL
+    connection: the fold, the rebuild's bottleneck, runs on several cores. Each child writes
+    and commits its own rows; a failed or dead child fails the rebuild (its traceback in the
+    error), and then every child is killed at once."""
 
     def __init__(self, rebuild: Rebuild, bootstrap: list[str], workers: int) -> None:
         self.rebuild = rebuild
@@ -265,6 +269,8 @@ class ProcessFolds:
         self.workers = workers
         self.children: list[tuple[BaseProcess, MPConnection]] = []
         self._done: dict[TopicPartition, int] = {}
+        # Pipe reads and joins block a thread each: never queue them behind each other.
+        self.threads = ThreadPoolExecutor(2 * workers + 1, thread_name_prefix="rebuild-fold")
 
     async def start(self, tps: list[TopicPartition]) -> None:
         numbers = sorted({tp.partition for tp in tps})
@@ -272,14 +278,21 @@ class ProcessFolds:
         context = multiprocessing.get_context("spawn")  # no fork of a running event loop
         rebuild = self.rebuild
         for index in range(count):
+            mine = set(numbers[index::count])
             ours, theirs = context.Pipe()
-            args = (rebuild.settings, rebuild.dsn, self.bootstrap, numbers[index::count], theirs)
+            args = (rebuild.settings, rebuild.dsn, self.bootstrap,
+                    [tp for tp in tps if tp.partition in mine], theirs)  # fmt: skip
             child = context.Process(target=fold_process, args=args, daemon=True,
                                     name=f"rebuild-fold-{index}")  # fmt: skip
-            child.start()
-            theirs.close()
+            try:
+                child.start()
+            except BaseException:
+                ours.close()
+                raise
+            finally:
+                theirs.close()
             self.children.append((child, ours))
-        await asyncio.gather(*(self._receive(n, "ready") for n in range(count)))
+        await self._all("ready")
 
     async def round(
         self, conn: asyncpg.Connection, targets: Mapping[TopicPartition, int]
@@ -289,9 +302,7 @@ class ProcessFolds:
                 pipe.send(("round", dict(targets)))
             except OSError:  # it died between rounds
                 raise RuntimeError(f"{child.name} exited ({child.exitcode})") from None
-        replies = await asyncio.gather(
-            *(self._receive(n, "done") for n in range(len(self.children)))
-        )
+        replies = await self._all("done")
         for _, done in replies:
             self._done.update(done)
         return [exposures for exposures, _ in replies]
@@ -300,13 +311,24 @@ class ProcessFolds:
     def done(self) -> Mapping[TopicPartition, int]:
         return self._done
 
+    async def _all(self, expected: str) -> list[Any]:
+        """Every child's `expected` reply; the first failure is raised at once."""
+        tasks = [
+            asyncio.ensure_future(self._receive(n, expected)) for n in range(len(self.children))
+        ]
+        try:
+            return await asyncio.gather(*tasks)
+        finally:
+            for task in tasks:
+                task.cancel()  # the others, after a failure (their threads end with the child)
+
     async def _receive(self, index: int, expected: str) -> Any:
         """Wait for child `index`'s `expected` reply, counting its progress on the way."""
         child, pipe = self.children[index]
         loop = asyncio.get_running_loop()
         while True:
             try:
-                kind, *body = await loop.run_in_executor(None, pipe.recv)
+                kind, *body = await loop.run_in_executor(self.threads, pipe.recv)
             except (EOFError, OSError):  # it died: the pipe is closed or reset
                 raise RuntimeError(f"{child.name} exited ({child.exitcode})") from None
             if kind == "step":
@@ -316,18 +338,25 @@ class ProcessFolds:
             elif kind == expected:
                 return body[0] if len(body) == 1 else tuple(body)
 
-    async def stop(self) -> None:
-        for _, pipe in self.children:
+    async def stop(self, kill: bool = False) -> None:
+        """Stop every child: ask, and kill what has not stopped after `STOP_SECONDS`; with
+        `kill` (the rebuild failed: a child may be mid-round), kill at once."""
+        for child, pipe in self.children:
             with contextlib.suppress(OSError):
                 pipe.send(("stop",))
+            if kill and child.is_alive():
+                child.kill()
         loop = asyncio.get_running_loop()
+        joins = [loop.run_in_executor(self.threads, child.join, STOP_SECONDS)
+                 for child, _ in self.children]  # fmt: skip
+        await asyncio.gather(*joins)
         for child, pipe in self.children:
-            await loop.run_in_executor(None, child.join, STOP_SECONDS)
             if child.is_alive():
                 child.kill()
-                await loop.run_in_executor(None, child.join)
+                await loop.run_in_executor(self.threads, child.join)
             pipe.close()
         self.children = []
+        self.threads.shutdown(wait=False, cancel_futures=True)
 
 
 #: How long a fold process may take to stop before it is killed.
@@ -335,29 +364,32 @@ STOP_SECONDS = 10.0
 
 
 def fold_process(
-    settings: Settings, dsn: str, bootstrap: list[str], numbers: list[int], pipe: MPConnection
-) -> None:
-    """A `ProcessFolds` child: folds the input partitions numbered `numbers` on the commands
-    that arrive on `pipe` (`("round", targets)`, `("stop",)`), replying `("ready",)`, then
-    `("step", n)` per batch and `("done", exposures, positions)` per round, or `("error",
-    traceback)`."""
+    settings: Settings, dsn: str, bootstrap: list[str], tps: list[TopicPartition],
+    pipe: MPConnection,
+) -> None:  # fmt: skip
+    """A `ProcessFolds` child: folds the input partitions `tps` on the commands that arrive on
+    `pipe` (`("round", targets)`, `("stop",)`), replying `("ready", None)`, then `("step", n)`
+    per batch and `("done", exposures, positions)` per round, or `("error", traceback)`. Its
+    Kafka client options are `kafka_client_options(settings)` (an SSL context cannot be sent
+    to a process)."""
     tune_gc()
     try:
-        asyncio.run(_fold_partitions(settings, dsn, bootstrap, numbers, pipe))
+        asyncio.run(_fold_partitions(settings, dsn, bootstrap, tps, pipe))
     except BaseException:
         with contextlib.suppress(OSError):
             pipe.send(("error", traceback.format_exc()))
 
 
 async def _fold_partitions(
-    settings: Settings, dsn: str, bootstrap: list[str], numbers: list[int], pipe: MPConnection
-) -> None:
+    settings: Settings, dsn: str, bootstrap: list[str], tps: list[TopicPartition],
+    pipe: MPConnection,
+) -> None:  # fmt: skip
     consumer = group_less_consumer(bootstrap, kafka_client_options(settings))
     await consumer.start()
-    conn = await asyncpg.connect(dsn)
+    conn: asyncpg.Connection | None = None
     try:
-        await consumer.topics()
-        tps = [tp for tp in partitions_of(consumer) if tp.partition in numbers]
+        conn = await asyncpg.connect(dsn)
+        await consumer.topics()  # loads the cluster metadata
         consumer.assign(tps)
         await consumer.seek_to_beginning(*tps)
         shadow = f"{settings.pg_schema}__rebuild"
@@ -372,7 +404,8 @@ async def _fold_partitions(
             exposures = await folder.round(conn, targets)
             pipe.send(("done", exposures, dict(folder.source.merge.done)))
     finally:
-        await conn.close()
+        if conn is not None:
+            await conn.close()
         await consumer.stop()
 
 
@@ -399,6 +432,7 @@ class Rebuild:
             if workers > 1 and bootstrap is not None
             else LocalFolds(self, consumer)
         )
+        failed = True
         try:
             await self.writer.create(conn)
             await consumer.topics()  # loads the cluster metadata
@@ -419,10 +453,11 @@ class Rebuild:
             self.progress.phase = "swap"
             positions = await self.swap(conn, folds, tps)
             self.progress.show()
+            failed = False
             return Report(self.progress.done, time.monotonic() - self.progress.started, positions)
         finally:
             ticker.cancel()
-            await folds.stop()
+            await folds.stop(kill=failed)
             await conn.close()
 
     async def live_targets(
@@ -633,7 +668,9 @@ async def rebuild(
     settings: Settings, dsn: str, bootstrap: list[str], client_options: Mapping[str, object],
     say: Callable[[str], None],
 ) -> Report:  # fmt: skip
-    """Rebuild the loan projection's tables in `settings.pg_schema` (see the module doc)."""
+    """Rebuild the loan projection's tables in `settings.pg_schema` (see the module doc).
+    `client_options` are this process's; fold processes use `kafka_client_options(settings)`
+    (an SSL context cannot be sent to another process)."""
     consumer = group_less_consumer(bootstrap, client_options)
     await consumer.start()
     try:
