@@ -306,23 +306,29 @@ async def _progress(
     simulator accepted. Failures to read say so and are tried again on the next tick."""
     schema = settings.pg_schema
     conn: asyncpg.Connection | None = None
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2)) as http:
-        while True:
-            await asyncio.sleep(PROGRESS_EVERY_SECONDS)
-            try:
-                conn = conn or await asyncpg.connect(settings.pg_dsn)
-                exists = await conn.fetchval("SELECT to_regclass($1)", f"{schema}.loan_summary")
-                if not exists:
-                    _say("waiting for the worker to create the read models")
+    try:
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2)) as http:
+            while True:
+                await asyncio.sleep(PROGRESS_EVERY_SECONDS)
+                try:
+                    conn = conn or await asyncpg.connect(settings.pg_dsn)
+                    exists = await conn.fetchval("SELECT to_regclass($1)", f"{schema}.loan_summary")
+                    if not exists:
+                        _say("waiting for the worker to create the read models")
+                        continue
+                    _say(await _loans_line(conn, schema))
+                    sagas = await saga_counts(conn, schema) if settings.payout_saga else None
+                except (OSError, asyncpg.PostgresError) as exc:
+                    conn = None
+                    _say(f"read models not reachable yet: {exc}")
                     continue
-                _say(await _loans_line(conn, schema))
-                sagas = await saga_counts(conn, schema) if settings.payout_saga else None
-            except (OSError, asyncpg.PostgresError) as exc:
-                conn = None
-                _say(f"read models not reachable yet: {exc}")
-                continue
-            gateway = await simulator_payouts(http, simulator_url) if simulator_url else None
-            _say(payouts_line(sagas, gateway, simulator_url is not None))
+                gateway = await simulator_payouts(http, simulator_url) if simulator_url else None
+                _say(payouts_line(sagas, gateway, simulator_url is not None))
+    finally:
+        # Closed here, not left to the garbage collector after the loop has stopped: that
+        # printed "Task was destroyed but it is pending" (asyncpg's cancel task) after Ctrl-C.
+        if conn is not None:
+            conn.terminate()
 
 
 async def _loans_line(conn: asyncpg.Connection, schema: str) -> str:
