@@ -40,7 +40,7 @@ from lendstream.domain.sequencing import (
 )
 from lendstream.sagas.fanout import LedgerEntry, ledger_entries
 from lendstream.sagas.payout import PayoutSaga
-from lendstream.topics.codec import encode_event
+from lendstream.topics.codec import encode_event, storable
 from lendstream.topics.envelope import Event
 
 PROJECTION = "loans"
@@ -156,13 +156,6 @@ def dead_letter_row(
         pending.error, status, pending.since, now, pending.attempts, pending.retry_at,
         encode_event(replayed) if replayed is not None else None,
     )  # fmt: skip
-
-
-def storable(text: str) -> str:
-    """`text` as a `jsonb` column can hold it: U+0000 becomes U+FFFD. For a dead letter's
-    headers: any bytes can arrive in a header, and a dead letter that cannot be written would
-    stop the worker at every redelivery (keys: `codec.key_text`; values: `codec.NUL_REASON`)."""
-    return text.replace("\x00", "\ufffd")
 
 
 def _released_row(outcome: Applied[Loan] | Duplicate, now: datetime) -> tuple[Any, ...]:

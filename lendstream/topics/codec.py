@@ -35,10 +35,17 @@ class Invalid:
 NUL_REASON = "a string holds a NUL character (\\u0000), which PostgreSQL cannot store"
 
 
+def storable(text: str) -> str:
+    """`text` with U+0000 replaced by U+FFFD, as PostgreSQL's `text` and `jsonb` can hold it.
+    For what arrives beside an event's JSON (a record's key, its headers): any bytes can, and a
+    dead letter that cannot be written would stop the worker at every redelivery."""
+    return text.replace("\x00", "\ufffd")
+
+
 def key_text(raw: bytes | None) -> str:
     """A record's key as text: invalid UTF-8 and NUL replaced by U+FFFD (a garbage key still
     identifies its dead letter, and can be stored), "" for none."""
-    return raw.decode("utf-8", "replace").replace("\x00", "\ufffd") if raw is not None else ""
+    return storable(raw.decode("utf-8", "replace")) if raw is not None else ""
 
 
 def holds_nul(value: Any) -> bool:
