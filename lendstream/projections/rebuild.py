@@ -153,6 +153,13 @@ class Source:
         self.tps = tps
         self.merge = Merge()
 
+    @classmethod
+    async def from_start(cls, consumer: AIOKafkaConsumer, tps: list[TopicPartition]) -> Source:
+        """`tps` assigned to `consumer` (whose metadata is loaded) and read from offset 0."""
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        return cls(consumer, tps)
+
     async def read_to(
         self, targets: Mapping[TopicPartition, int], batch: int = BATCH
     ) -> AsyncIterator[list[Message]]:
@@ -191,14 +198,13 @@ class Folder:
     in any partition, so a round returns this folder's exposure totals of the customers its
     loans touched, for `ExposureSum`, instead of writing them."""
 
-    def __init__(self, settings: Settings, shadow: str, source: Source,
-                 step: Callable[[int], None]) -> None:  # fmt: skip
+    def __init__(self, settings: Settings, source: Source, step: Callable[[int], None]) -> None:
         self.source = source
         self.step = step
         policy = Policy(backoff=settings.retry_backoff, park_deadline=settings.park_deadline)
         self.fold = Fold(evolve, policy)
         self.rows = ShadowRows()
-        self.writer = ShadowWriter(settings.pg_schema, shadow)
+        self.writer = ShadowWriter(settings.pg_schema, shadow_schema(settings.pg_schema))
 
     async def round(
         self, conn: asyncpg.Connection, targets: Mapping[TopicPartition, int]
@@ -236,11 +242,8 @@ class LocalFolds:
         self.folder: Folder | None = None
 
     async def start(self, tps: list[TopicPartition]) -> None:
-        self.consumer.assign(tps)
-        await self.consumer.seek_to_beginning(*tps)
-        rebuild = self.rebuild
-        source = Source(self.consumer, tps)
-        self.folder = Folder(rebuild.settings, rebuild.shadow, source, rebuild.progress.step)
+        source = await Source.from_start(self.consumer, tps)
+        self.folder = Folder(self.rebuild.settings, source, self.rebuild.progress.step)
 
     async def round(
         self, conn: asyncpg.Connection, targets: Mapping[TopicPartition, int]
@@ -301,7 +304,7 @@ class ProcessFolds:
             try:
                 pipe.send(("round", dict(targets)))
             except OSError:  # it died between rounds
-                raise RuntimeError(f"{child.name} exited ({child.exitcode})") from None
+                raise _exited(child) from None
         replies = await self._all("done")
         for _, done in replies:
             self._done.update(done)
@@ -330,7 +333,7 @@ class ProcessFolds:
             try:
                 kind, *body = await loop.run_in_executor(self.threads, pipe.recv)
             except (EOFError, OSError):  # it died: the pipe is closed or reset
-                raise RuntimeError(f"{child.name} exited ({child.exitcode})") from None
+                raise _exited(child) from None
             if kind == "step":
                 self.rebuild.progress.step(body[0])
             elif kind == "error":
@@ -363,6 +366,10 @@ class ProcessFolds:
 STOP_SECONDS = 10.0
 
 
+def _exited(child: BaseProcess) -> RuntimeError:
+    return RuntimeError(f"{child.name} exited ({child.exitcode})")
+
+
 def fold_process(
     settings: Settings, dsn: str, bootstrap: list[str], tps: list[TopicPartition],
     pipe: MPConnection,
@@ -390,10 +397,8 @@ async def _fold_partitions(
     try:
         conn = await asyncpg.connect(dsn)
         await consumer.topics()  # loads the cluster metadata
-        consumer.assign(tps)
-        await consumer.seek_to_beginning(*tps)
-        shadow = f"{settings.pg_schema}__rebuild"
-        folder = Folder(settings, shadow, Source(consumer, tps), lambda n: pipe.send(("step", n)))
+        source = await Source.from_start(consumer, tps)
+        folder = Folder(settings, source, lambda n: pipe.send(("step", n)))
         pipe.send(("ready", None))
         loop = asyncio.get_running_loop()
         while True:
@@ -409,6 +414,11 @@ async def _fold_partitions(
         await consumer.stop()
 
 
+def shadow_schema(schema: str) -> str:
+    """The schema a rebuild of `schema`'s tables builds its shadow tables in."""
+    return f"{schema}__rebuild"
+
+
 class Rebuild:
     """One rebuild of the loan projection in `schema`."""
 
@@ -416,21 +426,19 @@ class Rebuild:
         self.settings = settings
         self.dsn = dsn
         self.schema = settings.pg_schema
-        self.shadow = f"{self.schema}__rebuild"
+        self.shadow = shadow_schema(self.schema)
         self.progress = Progress(say)
         self.writer = ShadowWriter(self.schema, self.shadow)  # the schema, indexes, exposures
         self.exposures = ExposureSum()
 
-    async def run(self, consumer: AIOKafkaConsumer, bootstrap: list[str] | None = None) -> Report:
+    async def run(self, consumer: AIOKafkaConsumer, bootstrap: list[str]) -> Report:
         """Rebuild, folding in this process with `consumer`, or, with
-        `LENDSTREAM_REBUILD_WORKERS` > 1 (and `bootstrap`), in that many child processes."""
+        `LENDSTREAM_REBUILD_WORKERS` > 1, in that many child processes on `bootstrap`."""
         conn = await asyncpg.connect(self.dsn)
         ticker = asyncio.create_task(self.progress.every_second())
         workers = self.settings.rebuild_workers
         folds: Folds = (
-            ProcessFolds(self, bootstrap, workers)
-            if workers > 1 and bootstrap is not None
-            else LocalFolds(self, consumer)
+            ProcessFolds(self, bootstrap, workers) if workers > 1 else LocalFolds(self, consumer)
         )
         failed = True
         try:
