@@ -21,6 +21,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import asyncpg
+import psutil
 import pytest
 from aiokafka.structs import TopicPartition
 
@@ -119,13 +120,28 @@ def test_dev_simulate_runs_the_gateway_simulator_and_stops_everything(tmp_path: 
         env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )  # fmt: skip
     output = Output(proc)
+    dev_children: list[int] = []
     try:
-        run_until_ctrl_c(proc, output, data_dir)
+        run_until_ctrl_c(proc, output, data_dir, dev_children)
     finally:
-        for line in output.lines:  # whatever failed, leave no simulator behind
-            if (started := re.search(SIMULATOR_STARTED, line)) and alive(int(started.group(2))):
-                stop_process(int(started.group(2)))
+        stop_leftovers(output, dev_children, data_dir)
         shutil.rmtree(data_dir, ignore_errors=True)
+
+
+def stop_leftovers(output: Output, dev_children: list[int], data_dir: Path) -> None:
+    """Whatever failed — `dev` crashing at Ctrl-C included — leave none of its processes behind:
+    the simulator it announced, the children it had (broker, worker), and the PostgreSQL that
+    `pg_ctl` detached from it (found by its `postmaster.pid`). Each is stopped by its pid."""
+    pids = list(dev_children)
+    for line in output.lines:
+        if started := re.search(SIMULATOR_STARTED, line):
+            pids.append(int(started.group(2)))
+    postmaster = data_dir / "pg" / "postmaster.pid"
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        pids.append(int(postmaster.read_text().split()[0]))
+    for pid in pids:
+        if alive(pid):
+            stop_process(pid)
 
 
 def stop_diagnostics(output: Output, data_dir: Path) -> str:
@@ -141,11 +157,17 @@ def stop_diagnostics(output: Output, data_dir: Path) -> str:
                       "processes:", processes, f"end of {log}:", *tail])  # fmt: skip
 
 
-def run_until_ctrl_c(proc: subprocess.Popen[str], output: Output, data_dir: Path) -> None:
+def run_until_ctrl_c(
+    proc: subprocess.Popen[str], output: Output, data_dir: Path, dev_children: list[int]
+) -> None:
+    """Run `dev` until its traffic reaches the sagas, Ctrl-C it, and check that it stopped
+    everything. `dev_children` gets its child processes once all have started."""
     try:
         started = output.wait_for(SIMULATOR_STARTED)
         url, simulator_pid = started.group(1), int(started.group(2))
         output.wait_for(r"worker pid \d+")  # the endpoints file is written by then
+        children = psutil.Process(proc.pid).children()  # broker, simulator, worker
+        dev_children.extend(child.pid for child in children)
         endpoints = dev_endpoints(data_dir)
         assert endpoints is not None and endpoints["gateway_url"] == url
         with urllib.request.urlopen(url + "/health", timeout=5) as health:
@@ -171,6 +193,8 @@ def run_until_ctrl_c(proc: subprocess.Popen[str], output: Output, data_dir: Path
     assert "stopping payout gateway simulator" in everything
     assert everything.splitlines()[-1].endswith("stopped")
     assert not alive(simulator_pid)
+    assert not [pid for pid in dev_children if alive(pid)]  # broker and worker stopped too
+    assert not (data_dir / "pg" / "postmaster.pid").exists()  # PostgreSQL shut down
     assert not (data_dir / ENDPOINTS_FILE).exists()
 
 
