@@ -98,6 +98,9 @@ def _parser() -> argparse.ArgumentParser:
         "rebuild", help="rebuild a projection's tables from the retained topics, then swap "
         "them in atomically (the live tables stay readable)")  # fmt: skip
     rebuild.add_argument("name", nargs="?", help="loans (default) or one of its tables")
+    rebuild.add_argument("--from-retained", action="store_true",
+                         help="rebuild even if topic retention deleted the start of an input "
+                         "topic (the tables then reflect only the retained messages)")  # fmt: skip
 
     lag = command("lag", _lag, "consumer lag per group/topic/partition; needs no worker")
     lag.add_argument("--group", action="append",
@@ -256,7 +259,7 @@ def _projections(settings: Settings, args: argparse.Namespace) -> int:
     from lendstream.gc_tuning import tune_gc
     from lendstream.kafka import with_broker
     from lendstream.pg import resolve_dsn
-    from lendstream.projections.rebuild import run_rebuild
+    from lendstream.projections.rebuild import RebuildStalled, TruncatedInput, run_rebuild
     from lendstream.projections.replay import UnknownProjection, projection_named
     from lendstream.security import kafka_client_options
 
@@ -270,9 +273,12 @@ def _projections(settings: Settings, args: argparse.Namespace) -> int:
     tune_gc()
     try:
         report = run_rebuild(settings, resolve_dsn(settings), settings.bootstrap_servers,
-                             kafka_client_options(settings), say=_say_progress)  # fmt: skip
+                             kafka_client_options(settings), say=_say_progress,
+                             from_retained=args.from_retained)  # fmt: skip
     except (asyncpg.UndefinedTableError, asyncpg.InvalidSchemaNameError) as exc:  # no read models
         raise UserError(f"{exc} (LENDSTREAM_PG_SCHEMA={settings.pg_schema!r})") from None
+    except (TruncatedInput, RebuildStalled) as exc:  # the live tables are as they were
+        raise UserError(f"rebuild failed, the live tables are unchanged: {exc}") from None
     print(f"rebuilt {', '.join(report.tables)} in {settings.pg_schema}: {report.events:,} "
           f"events in {report.seconds:.1f} s ({report.rate:,.0f} events/s)")  # fmt: skip
     return 0

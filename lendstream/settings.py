@@ -121,6 +121,10 @@ class Settings(BaseSettings):
     pipelined_commits: bool = True
     # processes that fold the input partitions in `projections rebuild` (1: the rebuild's own)
     rebuild_workers: int = Field(default=2, ge=1, le=64)
+    # `projections rebuild` fails when, for this long, the broker returns none of the messages
+    # it still needs (the live positions point past a partition's end: a recreated topic) or a
+    # fold process reports nothing (it hangs); the live tables stay as they were
+    rebuild_stall_timeout: Duration = 300.0
     kafka_session_timeout: Duration = 10.0
     kafka_heartbeat_interval: Duration = 1.0
     pg_pool_max: int = Field(default=4, ge=1, le=100)

@@ -50,9 +50,11 @@ first reads a swapped table after it sees the new table through its old snapshot
 rows committed before that snapshot, maybe none); time-dependent outcomes follow the records' Kafka
 timestamps (see `replay`), so an event that the live worker parked and later declared dead by
 `LENDSTREAM_PARK_DEADLINE`, or retried on wall-clock backoff, may fold differently; messages
-already deleted by topic retention cannot be rebuilt (the rebuild then reflects only what is
-retained). A failed rebuild leaves the live tables as they were; the shadow schema is dropped
-at the next run.
+already deleted by topic retention cannot be rebuilt: the rebuild refuses (`TruncatedInput`)
+when an input partition no longer starts at offset 0, unless told `--from-retained` (the tables
+then reflect only what is retained). A rebuild that makes no progress for
+`LENDSTREAM_REBUILD_STALL_TIMEOUT` fails (`RebuildStalled`). A failed rebuild leaves the live
+tables as they were; the shadow schema is dropped at the next run.
 """
 
 from __future__ import annotations
@@ -107,6 +109,19 @@ BATCH = 5000
 #: The swap starts once the live worker is at most this many messages ahead of the rebuild.
 SWAP_GAP = 2000
 FETCH_TIMEOUT_MS = 200
+#: A fold process's silence is a stall only this much after its own stall deadline (which it
+#: reports itself, with the partitions it waits for).
+SILENCE_MARGIN_SECONDS = 30.0
+
+
+class RebuildStalled(RuntimeError):
+    """The rebuild made no progress for `LENDSTREAM_REBUILD_STALL_TIMEOUT`: the broker returned
+    none of the messages it still needed, or a fold process reported nothing."""
+
+
+class TruncatedInput(RuntimeError):
+    """Topic retention deleted the start of an input partition: a rebuild from what is retained
+    would replace complete tables with partial ones."""
 
 
 @dataclass
@@ -148,27 +163,38 @@ class Source:
     """The loan processor's input partitions, read from the start with a group-less consumer;
     messages are released (through `Merge`) only up to given target offsets."""
 
-    def __init__(self, consumer: AIOKafkaConsumer, tps: list[TopicPartition]) -> None:
+    def __init__(
+        self, consumer: AIOKafkaConsumer, tps: list[TopicPartition], stall_timeout: float
+    ) -> None:
         self.consumer = consumer
         self.tps = tps
+        self.stall_timeout = stall_timeout
         self.merge = Merge()
 
     @classmethod
-    async def from_start(cls, consumer: AIOKafkaConsumer, tps: list[TopicPartition]) -> Source:
+    async def from_start(
+        cls, consumer: AIOKafkaConsumer, tps: list[TopicPartition], stall_timeout: float
+    ) -> Source:
         """`tps` assigned to `consumer` (whose metadata is loaded) and read from offset 0."""
         consumer.assign(tps)
         await consumer.seek_to_beginning(*tps)
-        return cls(consumer, tps)
+        return cls(consumer, tps, stall_timeout)
 
     async def read_to(
         self, targets: Mapping[TopicPartition, int], batch: int = BATCH
     ) -> AsyncIterator[list[Message]]:
         """Yield lists of messages, in merge order, until every partition reached its
-        (inclusive) target offset."""
+        (inclusive) target offset. Raises `RebuildStalled` when no fetch returns a message for
+        `stall_timeout` seconds before that."""
         pending: list[Message] = []
+        last_records = time.monotonic()
         while not self.merge.complete(targets):
             self._pause_beyond(targets)
             fetched = await self.consumer.getmany(timeout_ms=FETCH_TIMEOUT_MS, max_records=batch)
+            if any(fetched.values()):
+                last_records = time.monotonic()
+            elif time.monotonic() - last_records > self.stall_timeout:
+                raise RebuildStalled(self._stalled(targets))
             for tp, records in fetched.items():
                 self.merge.add(tp, [to_message(r) for r in records])
             pending.extend(self.merge.release(targets))
@@ -177,6 +203,20 @@ class Source:
                 pending = pending[batch:]
         if pending:
             yield pending
+
+    def _stalled(self, targets: Mapping[TopicPartition, int]) -> str:
+        waiting = []
+        for tp in self.tps:
+            buffer = self.merge.buffers.get(tp)
+            fetched = buffer[-1].position.offset if buffer else self.merge.done.get(tp, -1)
+            if fetched < targets.get(tp, -1):
+                waiting.append(f"{tp.topic}[{tp.partition}] read to offset {fetched}, "
+                               f"needs {targets[tp]}")  # fmt: skip
+        return (
+            f"no messages from the broker for {self.stall_timeout:g} s "
+            f"(LENDSTREAM_REBUILD_STALL_TIMEOUT): {'; '.join(waiting)}. The live worker's "
+            "positions lie past what the broker returns: was a topic deleted and recreated?"
+        )
 
     def _pause_beyond(self, targets: Mapping[TopicPartition, int]) -> None:
         """Stop fetching partitions whose buffer already reaches their target."""
@@ -242,7 +282,8 @@ class LocalFolds:
         self.folder: Folder | None = None
 
     async def start(self, tps: list[TopicPartition]) -> None:
-        source = await Source.from_start(self.consumer, tps)
+        stall_timeout = self.rebuild.settings.rebuild_stall_timeout
+        source = await Source.from_start(self.consumer, tps, stall_timeout)
         self.folder = Folder(self.rebuild.settings, source, self.rebuild.progress.step)
 
     async def round(
@@ -329,13 +370,20 @@ class ProcessFolds:
         """Wait for child `index`'s `expected` reply, counting its progress on the way."""
         child, pipe = self.children[index]
         loop = asyncio.get_running_loop()
+        silence = self.rebuild.settings.rebuild_stall_timeout + SILENCE_MARGIN_SECONDS
         while True:
             try:
-                kind, *body = await loop.run_in_executor(self.threads, pipe.recv)
+                reply = await loop.run_in_executor(self.threads, _receive_within, pipe, silence)
             except (EOFError, OSError):  # it died: the pipe is closed or reset
                 raise _exited(child) from None
+            if reply is None:
+                raise RebuildStalled(f"{child.name} (pid {child.pid}) reported nothing for "
+                                     f"{silence:g} s")  # fmt: skip
+            kind, *body = reply
             if kind == "step":
                 self.rebuild.progress.step(body[0])
+            elif kind == "stalled":
+                raise RebuildStalled(f"{child.name}: {body[0]}")
             elif kind == "error":
                 raise RuntimeError(f"{child.name} failed:\n{body[0]}")
             elif kind == expected:
@@ -366,6 +414,11 @@ class ProcessFolds:
 STOP_SECONDS = 10.0
 
 
+def _receive_within(pipe: MPConnection, seconds: float) -> Any:
+    """The next message on `pipe`, or None if none comes within `seconds`."""
+    return pipe.recv() if pipe.poll(seconds) else None
+
+
 def _exited(child: BaseProcess) -> RuntimeError:
     return RuntimeError(f"{child.name} exited ({child.exitcode})")
 
@@ -376,12 +429,16 @@ def fold_process(
 ) -> None:  # fmt: skip
     """A `ProcessFolds` child: folds the input partitions `tps` on the commands that arrive on
     `pipe` (`("round", targets)`, `("stop",)`), replying `("ready", None)`, then `("step", n)`
-    per batch and `("done", exposures, positions)` per round, or `("error", traceback)`. Its
+    per batch and `("done", exposures, positions)` per round, or `("stalled", reason)` or
+    `("error", traceback)`. Its
     Kafka client options are `kafka_client_options(settings)` (an SSL context cannot be sent
     to a process)."""
     tune_gc()
     try:
         asyncio.run(_fold_partitions(settings, dsn, bootstrap, tps, pipe))
+    except RebuildStalled as stalled:
+        with contextlib.suppress(OSError):
+            pipe.send(("stalled", str(stalled)))
     except BaseException:
         with contextlib.suppress(OSError):
             pipe.send(("error", traceback.format_exc()))
@@ -397,7 +454,7 @@ async def _fold_partitions(
     try:
         conn = await asyncpg.connect(dsn)
         await consumer.topics()  # loads the cluster metadata
-        source = await Source.from_start(consumer, tps)
+        source = await Source.from_start(consumer, tps, settings.rebuild_stall_timeout)
         folder = Folder(settings, source, lambda n: pipe.send(("step", n)))
         pipe.send(("ready", None))
         loop = asyncio.get_running_loop()
@@ -422,9 +479,12 @@ def shadow_schema(schema: str) -> str:
 class Rebuild:
     """One rebuild of the loan projection in `schema`."""
 
-    def __init__(self, settings: Settings, dsn: str, say: Callable[[str], None]) -> None:
+    def __init__(
+        self, settings: Settings, dsn: str, say: Callable[[str], None], from_retained: bool = False
+    ) -> None:
         self.settings = settings
         self.dsn = dsn
+        self.from_retained = from_retained  # rebuild even if retention deleted records
         self.schema = settings.pg_schema
         self.shadow = shadow_schema(self.schema)
         self.progress = Progress(say)
@@ -445,6 +505,8 @@ class Rebuild:
             await self.writer.create(conn)
             await consumer.topics()  # loads the cluster metadata
             tps = partitions_of(consumer)
+            if not self.from_retained:
+                refuse_truncated(await consumer.beginning_offsets(tps))
             await folds.start(tps)
             targets = await self.live_targets(conn, tps)
             self.progress.total = _count(targets, {})
@@ -621,6 +683,18 @@ def partitions_of(consumer: AIOKafkaConsumer) -> list[TopicPartition]:
     return tps
 
 
+def refuse_truncated(first_offsets: Mapping[TopicPartition, int]) -> None:
+    """Raise `TruncatedInput` if any input partition no longer starts at offset 0."""
+    truncated = [f"{tp.topic}[{tp.partition}] starts at offset {first:,}"
+                 for tp, first in sorted(first_offsets.items()) if first > 0]  # fmt: skip
+    if truncated:
+        raise TruncatedInput(
+            "topic retention deleted the start of the input: " + "; ".join(truncated) + ". "
+            "A rebuild would replace the tables with ones built from the retained messages only; "
+            "`lendstream projections rebuild --from-retained` does that knowingly"
+        )
+
+
 def _count(targets: Mapping[TopicPartition, int], done: Mapping[TopicPartition, int]) -> int:
     """Messages between `done` and `targets` (both inclusive last offsets)."""
     return sum(max(end - done.get(tp, -1), 0) for tp, end in targets.items())
@@ -674,19 +748,22 @@ async def rename_with_indexes(conn: asyncpg.Connection, schema: str, table: str,
 
 async def rebuild(
     settings: Settings, dsn: str, bootstrap: list[str], client_options: Mapping[str, object],
-    say: Callable[[str], None],
+    say: Callable[[str], None], from_retained: bool = False,
 ) -> Report:  # fmt: skip
     """Rebuild the loan projection's tables in `settings.pg_schema` (see the module doc).
     `client_options` are this process's; fold processes use `kafka_client_options(settings)`
-    (an SSL context cannot be sent to another process)."""
+    (an SSL context cannot be sent to another process). Raises `TruncatedInput` (unless
+    `from_retained`) if retention deleted the start of an input partition, and
+    `RebuildStalled` if it stops making progress; either leaves the live tables as they were."""
     consumer = group_less_consumer(bootstrap, client_options)
     await consumer.start()
     try:
-        return await Rebuild(settings, dsn, say).run(consumer, bootstrap)
+        return await Rebuild(settings, dsn, say, from_retained).run(consumer, bootstrap)
     finally:
         await consumer.stop()
 
 
 def run_rebuild(settings: Settings, dsn: str, bootstrap: list[str],
-                client_options: Mapping[str, object], say: Callable[[str], None]) -> Report:  # fmt: skip
-    return asyncio.run(rebuild(settings, dsn, bootstrap, client_options, say))
+                client_options: Mapping[str, object], say: Callable[[str], None],
+                from_retained: bool = False) -> Report:  # fmt: skip
+    return asyncio.run(rebuild(settings, dsn, bootstrap, client_options, say, from_retained))

@@ -7,19 +7,29 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import sys
 from typing import Any
 
 import asyncpg
 import psutil
 import pytest
+from aiokafka import AIOKafkaConsumer
+from aiokafka.structs import TopicPartition
 
 from lendstream.devstack import worker_env
 from lendstream.embedded import Postgres
 from lendstream.projections.loans import BatchRows, LoanRows, make_apply
 from lendstream.projections.migrate import migrate
-from lendstream.projections.rebuild import ProcessFolds, ShadowWriter, rebuild
+from lendstream.projections.rebuild import (
+    ProcessFolds,
+    RebuildStalled,
+    ShadowWriter,
+    TruncatedInput,
+    rebuild,
+)
 from lendstream.projections.replay import REBUILT_TABLES, ShadowRows
+from lendstream.settings import Settings
 from tests.harness import Pipeline
 from tests.traffic import build
 from tests.unit.domain.factories import lifecycle_versions
@@ -151,9 +161,12 @@ async def table_oid(pipeline: Pipeline) -> int:
     return int(rows[0]["oid"])
 
 
-async def run_cli(pipeline: Pipeline, *args: str) -> tuple[int, str, str]:
+async def run_cli(
+    pipeline: Pipeline, *args: str, settings: Settings | None = None
+) -> tuple[int, str, str]:
+    """`lendstream *args` with the pipeline's settings (or `settings`)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("LENDSTREAM_")}
-    env.update(worker_env(pipeline.settings))
+    env.update(worker_env(settings or pipeline.settings))
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "lendstream", *args, env=env,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
@@ -256,3 +269,70 @@ async def test_a_fold_process_that_dies_fails_the_rebuild_and_leaves_the_live_ta
     left = [" ".join(p.cmdline()) for p in psutil.Process().children(recursive=True)]
     assert not [c for c in left if "spawn_main" in c], left  # a fold process
     pipeline.assert_no_crash()
+
+
+async def caught_up_and_stopped(pipeline: Pipeline, seed: int) -> dict[str, list[dict[str, Any]]]:
+    """A small traffic projected by a worker that is then stopped; the live tables' snapshot."""
+    traffic = build(seed=seed, loans=100, min_events=2_000)
+    await pipeline.create_topics()
+    pipeline.start_worker()
+    await pipeline.produce(traffic.stream)
+    await pipeline.wait_caught_up(timeout=240)
+    pipeline.stop_all()
+    return await snapshot(pipeline)
+
+
+async def test_positions_past_a_partitions_end_fail_the_rebuild_as_stalled(
+    pipeline: Pipeline,
+) -> None:
+    """The live worker's stored position lies past the end of a partition (as after a topic was
+    deleted and recreated): the rebuild, folding in this process or in two, fails after
+    `LENDSTREAM_REBUILD_STALL_TIMEOUT` naming that partition instead of waiting for ever; the
+    CLI says so in one line (exit 2); the live tables are as they were."""
+    live = await caught_up_and_stopped(pipeline, seed=6)
+    moved = await pipeline.fetch(
+        'UPDATE projection_positions SET "offset" = "offset" + 1000 WHERE projection = $1 '
+        "AND topic = 'payment-events' AND partition = 0 RETURNING \"offset\"",
+        "loans",
+    )
+    needs = moved[0]["offset"]
+    settings = pipeline.settings.model_copy(
+        update={"rebuild_workers": 1, "rebuild_stall_timeout": 2.0}
+    )
+    stalled = rf"payment-events\[0\] read to offset \d+, needs {needs}"
+    with pytest.raises(RebuildStalled, match=stalled):
+        await rebuild(settings, settings.pg_dsn, settings.bootstrap_servers, {}, lambda _: None)
+
+    two = settings.model_copy(update={"rebuild_workers": 2})
+    code, _, err = await run_cli(pipeline, "projections", "rebuild", settings=two)
+    assert code == 2, err
+    (line,) = [x for x in err.strip().splitlines() if not x.startswith("rebuild [")]
+    assert line.startswith("lendstream: rebuild failed, the live tables are unchanged: "), err
+    assert "rebuild-fold-0" in line and re.search(stalled, line), line
+    assert await snapshot(pipeline) == live
+
+
+async def test_a_rebuild_refuses_input_that_retention_truncated(
+    pipeline: Pipeline, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An input partition that no longer starts at offset 0 (topic retention deleted its
+    start) would give partial tables: the rebuild refuses, naming it, unless `from_retained`.
+    Tansu has no DeleteRecords (it closes the connection), so the broker's answer to "where
+    does the partition start" is the one thing faked here."""
+    live = await caught_up_and_stopped(pipeline, seed=7)
+    beginning_offsets = AIOKafkaConsumer.beginning_offsets
+
+    async def retention_ran(self: AIOKafkaConsumer, *tps: TopicPartition) -> dict[Any, int]:
+        firsts = await beginning_offsets(self, *tps)
+        return {tp: 40 if tp == TopicPartition("loan-events", 1) else n for tp, n in firsts.items()}
+
+    monkeypatch.setattr(AIOKafkaConsumer, "beginning_offsets", retention_ran)
+    settings = pipeline.settings.model_copy(update={"rebuild_workers": 1})
+    with pytest.raises(TruncatedInput, match=r"loan-events\[1\] starts at offset 40\. "):
+        await rebuild(settings, settings.pg_dsn, settings.bootstrap_servers, {}, lambda _: None)
+    assert await snapshot(pipeline) == live
+
+    report = await rebuild(settings, settings.pg_dsn, settings.bootstrap_servers, {},
+                           lambda _: None, from_retained=True)  # fmt: skip
+    assert report.events > 0
+    assert await snapshot(pipeline) == live  # (the broker kept every message, in truth)
