@@ -78,6 +78,8 @@ class BatchQueue:
         self._space.set()
         self._last_taken: dict[TP, int] = {}
         self._held_since: dict[int, float] = {}
+        #: The partitions that put records here since the last `clear` (i.e. the assignment).
+        self._delivered: set[TP] = set()
         #: Since when (monotonic) records have waited in the queue: set when an empty queue
         #: gets records, and at each take that leaves some behind. `take`'s `within` counts
         #: from here.
@@ -91,6 +93,7 @@ class BatchQueue:
         self._queued.clear()
         self._size = 0
         self._held_since.clear()
+        self._delivered.clear()
         self._waiting_since = None
         self._filled.clear()
         self._space.set()
@@ -102,7 +105,9 @@ class BatchQueue:
             return
         if not self._size:
             self._waiting_since = time.monotonic()
-        self._queued.setdefault(events[0].message.tp, deque()).extend(events)
+        tp = events[0].message.tp
+        self._delivered.add(tp)
+        self._queued.setdefault(tp, deque()).extend(events)
         self._size += len(events)
         self._filled.set()
 
@@ -130,7 +135,8 @@ class BatchQueue:
         runs ahead of the others (a fetch of `payment-events` spans less time than one of
         `loan-events`), and a repayment is folded before the `LoanPaidOut` appended before it.
         A task one of whose partitions has unfetched records but none queued waits for them
-        up to `TASK_IDLE_SECONDS`, then goes without. Records with the same timestamp go in
+        up to `TASK_IDLE_SECONDS` (`FIRST_FETCH_IDLE_SECONDS` while that partition has
+        delivered nothing since the assignment), then goes without. Records with the same timestamp go in
         `tie_order` (the lifecycle's order of the topics).
 
         Events of an older consumer generation, or taken while the flow is suspended, are
@@ -178,6 +184,7 @@ class BatchQueue:
         consumer: Any = self.app.consumer
         queued_tasks = {tp.partition for tp, queued in self._queued.items() if queued}
         cutoffs: dict[int, float] = {}
+        first_fetch: set[int] = set()  # tasks awaiting a partition's first records
         for tp in consumer.assignment():
             task = tp.partition
             if tp.topic not in self.topics or task not in queued_tasks:
@@ -187,7 +194,9 @@ class BatchQueue:
             queued = self._queued.get(tp)
             frontier = _timestamp(queued[-1]) if queued else -math.inf
             cutoffs[task] = min(cutoffs.get(task, math.inf), frontier)
-        wait = TASK_IDLE_SECONDS
+            if not queued and tp not in self._delivered:
+                first_fetch.add(task)
+        wait = FIRST_FETCH_IDLE_SECONDS
         for task in queued_tasks:
             cutoff = cutoffs.get(task, math.inf)
             if any(queued and tp.partition == task and _timestamp(queued[0]) <= cutoff
@@ -195,10 +204,11 @@ class BatchQueue:
                 self._held_since.pop(task, None)
                 continue
             since = self._held_since.setdefault(task, now)
-            if now - since >= TASK_IDLE_SECONDS:
+            limit = FIRST_FETCH_IDLE_SECONDS if task in first_fetch else TASK_IDLE_SECONDS
+            if now - since >= limit:
                 cutoffs[task] = math.inf  # waited long enough: go without
             else:
-                wait = min(wait, TASK_IDLE_SECONDS - (now - since))
+                wait = min(wait, limit - (now - since))
         return cutoffs, max(wait, 0.01)
 
     async def _fill(self, max_events: int, within: float) -> None:
@@ -248,14 +258,18 @@ class BatchQueue:
         return faust.Event(self.app, message.key, message.value, message.headers, message)
 
 
-#: How long a task is held back for a partition that has records on the broker but none queued.
-#: Generous: a task that goes without sends its other topics ahead (a `PayoutRequested` before
-#: its `LoanApproved`), and those events park in `dead_letters` until released. At start-up the
-#: first fetches of every partition took up to 1.3 s here, and with 0.5 s the catch-up of 200,000
-#: events parked 2,570-13,161 events in 5 of 8 runs; with 5 s none in 3 of 3
-#: (docs/performance.md). Kafka Streams, by default, waits as long as the records are known to
-#: be on the broker. Only a task with such a partition waits; a caught-up one never does.
-TASK_IDLE_SECONDS = 5.0
+#: How long a task is held back for a partition that has records on the broker but none queued
+#: (`BatchQueue.take`); a task that goes without sends its other topics ahead (a
+#: `PayoutRequested` before its `LoanApproved`), and those events park in `dead_letters` until
+#: released.
+TASK_IDLE_SECONDS = 0.5
+#: The same for a partition none of whose records came since the assignment (start-up, a
+#: rebalance): the first fetches of every partition took up to 1.3 s here. With 0.5 s for them
+#: too, the catch-up of 200,000 events parked 2,570-13,161 events in 5 of 8 runs, always after
+#: such a give-up at start-up; with 5 s none in 3 of 3 (docs/performance.md). The short limit
+#: stays for the rest: a partition whose high watermark stays above what it delivers (a
+#: transaction marker at its end, on Apache Kafka) would hold its task in every quiet spell.
+FIRST_FETCH_IDLE_SECONDS = 5.0
 
 
 class ChangelogBatches:

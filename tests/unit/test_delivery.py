@@ -177,6 +177,39 @@ async def test_a_task_waits_for_its_partition_with_unfetched_records_then_goes_a
     assert asyncio.get_running_loop().time() - started >= 0.25
 
 
+async def test_a_partition_that_delivered_nothing_since_the_assignment_is_awaited_longer(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """At start-up or after a rebalance a partition's first fetch can take seconds: its task
+    waits up to `FIRST_FETCH_IDLE_SECONDS` for it, and only `TASK_IDLE_SECONDS` once it has
+    delivered records (until the next `clear`, as on a rebalance)."""
+    monkeypatch.setattr(delivery, "TASK_IDLE_SECONDS", 0.1)
+    monkeypatch.setattr(delivery, "FIRST_FETCH_IDLE_SECONDS", 0.6)
+    loans, payouts = TP("loan-events", 0), TP("payout-events", 0)
+    consumer = FakeConsumer(assigned={loans, payouts}, highwaters={payouts: 5})
+    queue = make_queue(consumer)
+    loop = asyncio.get_running_loop()
+
+    async def held_for(first: int) -> float:
+        """How long a take of loan-events:0's next record waits for payout-events:0."""
+        await queue.put(batch("loan-events", 0, range(first, first + 1), t0=10))
+        consumer._read_offset[loans], consumer.highwaters[loans] = first, first + 1
+        started = loop.time()
+        assert offsets(await asyncio.wait_for(queue.take(100, within=0), 2)) == [
+            ("loan-events", first)
+        ]
+        return loop.time() - started
+
+    assert await held_for(0) >= 0.55  # never delivered: the long limit
+    await queue.put(batch("payout-events", 0, range(0, 2), t0=0))
+    consumer._read_offset[payouts] = 1
+    assert offsets(await queue.take(100, within=0)) == [("payout-events", 0), ("payout-events", 1)]
+    short = await held_for(1)  # delivered since: the short limit
+    assert 0.05 <= short < 0.5
+    queue.clear()  # a rebalance
+    assert await held_for(2) >= 0.55
+
+
 async def test_within_counts_from_the_records_arrival_not_from_the_take() -> None:
     queue = make_queue(FakeConsumer())
     loop = asyncio.get_running_loop()
