@@ -122,8 +122,9 @@ class Settings(BaseSettings):
     # processes that fold the input partitions in `projections rebuild` (1: the rebuild's own)
     rebuild_workers: int = Field(default=2, ge=1, le=64)
     # `projections rebuild` fails when, for this long, the broker returns none of the messages
-    # it still needs (the live positions point past a partition's end: a recreated topic) or a
-    # fold process reports nothing (it hangs); the live tables stay as they were
+    # it still needs (the live positions point past a partition's end: a recreated topic), or,
+    # in the swap round, a fold process reports nothing for 30 s longer (it hangs while the live
+    # worker's position locks are held); the live tables stay as they were
     rebuild_stall_timeout: Duration = 300.0
     kafka_session_timeout: Duration = 10.0
     kafka_heartbeat_interval: Duration = 1.0

@@ -52,8 +52,9 @@ timestamps (see `replay`), so an event that the live worker parked and later dec
 `LENDSTREAM_PARK_DEADLINE`, or retried on wall-clock backoff, may fold differently; messages
 already deleted by topic retention cannot be rebuilt: the rebuild refuses (`TruncatedInput`)
 when an input partition no longer starts at offset 0, unless told `--from-retained` (the tables
-then reflect only what is retained). A rebuild that makes no progress for
-`LENDSTREAM_REBUILD_STALL_TIMEOUT` fails (`RebuildStalled`). A failed rebuild leaves the live
+then reflect only what is retained; a partition retention emptied is not waited for). A
+rebuild that makes no progress for `LENDSTREAM_REBUILD_STALL_TIMEOUT` fails
+(`RebuildStalled`). A failed rebuild leaves the live
 tables as they were; the shadow schema is dropped at the next run.
 """
 
@@ -115,8 +116,9 @@ SILENCE_MARGIN_SECONDS = 30.0
 
 
 class RebuildStalled(RuntimeError):
-    """The rebuild made no progress for `LENDSTREAM_REBUILD_STALL_TIMEOUT`: the broker returned
-    none of the messages it still needed, or a fold process reported nothing."""
+    """The rebuild made no progress: for `LENDSTREAM_REBUILD_STALL_TIMEOUT` the broker returned
+    none of the messages it still needed, or, in the swap round, a fold process reported
+    nothing for `SILENCE_MARGIN_SECONDS` longer."""
 
 
 class TruncatedInput(RuntimeError):
@@ -173,12 +175,21 @@ class Source:
 
     @classmethod
     async def from_start(
-        cls, consumer: AIOKafkaConsumer, tps: list[TopicPartition], stall_timeout: float
-    ) -> Source:
-        """`tps` assigned to `consumer` (whose metadata is loaded) and read from offset 0."""
+        cls, consumer: AIOKafkaConsumer, tps: list[TopicPartition], stall_timeout: float,
+        from_retained: bool = False,
+    ) -> Source:  # fmt: skip
+        """`tps` assigned to `consumer` (whose metadata is loaded) and read from their start.
+        Raises `TruncatedInput` if retention deleted the start of one, unless `from_retained`:
+        then it is read from its first retained offset (what came before counts as done, so a
+        partition that retention emptied is not waited for)."""
         consumer.assign(tps)
+        firsts = await consumer.beginning_offsets(tps)
+        if not from_retained:
+            refuse_truncated(firsts)
         await consumer.seek_to_beginning(*tps)
-        return cls(consumer, tps, stall_timeout)
+        source = cls(consumer, tps, stall_timeout)
+        source.merge.done.update({tp: first - 1 for tp, first in firsts.items() if first > 0})
+        return source
 
     async def read_to(
         self, targets: Mapping[TopicPartition, int], batch: int = BATCH
@@ -215,7 +226,8 @@ class Source:
         return (
             f"no messages from the broker for {self.stall_timeout:g} s "
             f"(LENDSTREAM_REBUILD_STALL_TIMEOUT): {'; '.join(waiting)}. The live worker's "
-            "positions lie past what the broker returns: was a topic deleted and recreated?"
+            "positions lie past what the broker returns: was a topic deleted and recreated, or "
+            "is a partition's leader unreachable?"
         )
 
     def _pause_beyond(self, targets: Mapping[TopicPartition, int]) -> None:
@@ -264,7 +276,7 @@ class Folds(Protocol):
     async def start(self, tps: list[TopicPartition]) -> None: ...
 
     async def round(
-        self, conn: asyncpg.Connection, targets: Mapping[TopicPartition, int]
+        self, conn: asyncpg.Connection, targets: Mapping[TopicPartition, int], swap: bool = False
     ) -> list[list[ExposureRow]]: ...
 
     @property
@@ -282,12 +294,14 @@ class LocalFolds:
         self.folder: Folder | None = None
 
     async def start(self, tps: list[TopicPartition]) -> None:
-        stall_timeout = self.rebuild.settings.rebuild_stall_timeout
-        source = await Source.from_start(self.consumer, tps, stall_timeout)
+        rebuild = self.rebuild
+        source = await Source.from_start(
+            self.consumer, tps, rebuild.settings.rebuild_stall_timeout, rebuild.from_retained
+        )
         self.folder = Folder(self.rebuild.settings, source, self.rebuild.progress.step)
 
     async def round(
-        self, conn: asyncpg.Connection, targets: Mapping[TopicPartition, int]
+        self, conn: asyncpg.Connection, targets: Mapping[TopicPartition, int], swap: bool = False
     ) -> list[list[ExposureRow]]:
         assert self.folder is not None
         return [await self.folder.round(conn, targets)]
@@ -325,7 +339,8 @@ class ProcessFolds:
             mine = set(numbers[index::count])
             ours, theirs = context.Pipe()
             args = (rebuild.settings, rebuild.dsn, self.bootstrap,
-                    [tp for tp in tps if tp.partition in mine], theirs)  # fmt: skip
+                    [tp for tp in tps if tp.partition in mine], theirs,
+                    rebuild.from_retained)  # fmt: skip
             child = context.Process(target=fold_process, args=args, daemon=True,
                                     name=f"rebuild-fold-{index}")  # fmt: skip
             try:
@@ -339,14 +354,20 @@ class ProcessFolds:
         await self._all("ready")
 
     async def round(
-        self, conn: asyncpg.Connection, targets: Mapping[TopicPartition, int]
+        self, conn: asyncpg.Connection, targets: Mapping[TopicPartition, int], swap: bool = False
     ) -> list[list[ExposureRow]]:
+        """One round in every child. In the swap round (the live worker's position locks held,
+        a small increment to fold) a child that reports nothing for the stall timeout plus
+        `SILENCE_MARGIN_SECONDS` fails the rebuild: a hung child must not hold the locks. In
+        other rounds a child may be silent while it writes a round's end (a first round's
+        COPY of every loan can take minutes); its own stall timeout covers its broker."""
         for child, pipe in self.children:
             try:
                 pipe.send(("round", dict(targets)))
             except OSError:  # it died between rounds
                 raise _exited(child) from None
-        replies = await self._all("done")
+        silence = self.rebuild.settings.rebuild_stall_timeout + SILENCE_MARGIN_SECONDS
+        replies = await self._all("done", silence if swap else None)
         for _, done in replies:
             self._done.update(done)
         return [exposures for exposures, _ in replies]
@@ -355,10 +376,11 @@ class ProcessFolds:
     def done(self) -> Mapping[TopicPartition, int]:
         return self._done
 
-    async def _all(self, expected: str) -> list[Any]:
+    async def _all(self, expected: str, silence: float | None = None) -> list[Any]:
         """Every child's `expected` reply; the first failure is raised at once."""
         tasks = [
-            asyncio.ensure_future(self._receive(n, expected)) for n in range(len(self.children))
+            asyncio.ensure_future(self._receive(n, expected, silence))
+            for n in range(len(self.children))
         ]
         try:
             return await asyncio.gather(*tasks)
@@ -366,11 +388,11 @@ class ProcessFolds:
             for task in tasks:
                 task.cancel()  # the others, after a failure (their threads end with the child)
 
-    async def _receive(self, index: int, expected: str) -> Any:
-        """Wait for child `index`'s `expected` reply, counting its progress on the way."""
+    async def _receive(self, index: int, expected: str, silence: float | None = None) -> Any:
+        """Wait for child `index`'s `expected` reply, counting its progress on the way; with
+        `silence`, raise `RebuildStalled` if it sends nothing for that many seconds."""
         child, pipe = self.children[index]
         loop = asyncio.get_running_loop()
-        silence = self.rebuild.settings.rebuild_stall_timeout + SILENCE_MARGIN_SECONDS
         while True:
             try:
                 reply = await loop.run_in_executor(self.threads, _receive_within, pipe, silence)
@@ -382,8 +404,8 @@ class ProcessFolds:
             kind, *body = reply
             if kind == "step":
                 self.rebuild.progress.step(body[0])
-            elif kind == "stalled":
-                raise RebuildStalled(f"{child.name}: {body[0]}")
+            elif kind == "failed":  # a known failure, raised again here as itself
+                raise KNOWN_FAILURES[body[0]](f"{child.name}: {body[1]}")
             elif kind == "error":
                 raise RuntimeError(f"{child.name} failed:\n{body[0]}")
             elif kind == expected:
@@ -414,8 +436,8 @@ class ProcessFolds:
 STOP_SECONDS = 10.0
 
 
-def _receive_within(pipe: MPConnection, seconds: float) -> Any:
-    """The next message on `pipe`, or None if none comes within `seconds`."""
+def _receive_within(pipe: MPConnection, seconds: float | None) -> Any:
+    """The next message on `pipe`, or None if none comes within `seconds` (None: no limit)."""
     return pipe.recv() if pipe.poll(seconds) else None
 
 
@@ -423,22 +445,29 @@ def _exited(child: BaseProcess) -> RuntimeError:
     return RuntimeError(f"{child.name} exited ({child.exitcode})")
 
 
+#: The errors a fold process reports by name (`("failed", name, message)`), raised again in
+#: the rebuild's process as themselves: the CLI shows them in one line.
+KNOWN_FAILURES: dict[str, type[RuntimeError]] = {
+    "RebuildStalled": RebuildStalled,
+    "TruncatedInput": TruncatedInput,
+}
+
+
 def fold_process(
     settings: Settings, dsn: str, bootstrap: list[str], tps: list[TopicPartition],
-    pipe: MPConnection,
+    pipe: MPConnection, from_retained: bool = False,
 ) -> None:  # fmt: skip
     """A `ProcessFolds` child: folds the input partitions `tps` on the commands that arrive on
     `pipe` (`("round", targets)`, `("stop",)`), replying `("ready", None)`, then `("step", n)`
-    per batch and `("done", exposures, positions)` per round, or `("stalled", reason)` or
-    `("error", traceback)`. Its
-    Kafka client options are `kafka_client_options(settings)` (an SSL context cannot be sent
-    to a process)."""
+    per batch and `("done", exposures, positions)` per round, or `("failed", name, message)`
+    (one of `KNOWN_FAILURES`) or `("error", traceback)`. Its Kafka client options are
+    `kafka_client_options(settings)` (an SSL context cannot be sent to a process)."""
     tune_gc()
     try:
-        asyncio.run(_fold_partitions(settings, dsn, bootstrap, tps, pipe))
-    except RebuildStalled as stalled:
+        asyncio.run(_fold_partitions(settings, dsn, bootstrap, tps, pipe, from_retained))
+    except (RebuildStalled, TruncatedInput) as known:
         with contextlib.suppress(OSError):
-            pipe.send(("stalled", str(stalled)))
+            pipe.send(("failed", type(known).__name__, str(known)))
     except BaseException:
         with contextlib.suppress(OSError):
             pipe.send(("error", traceback.format_exc()))
@@ -446,7 +475,7 @@ def fold_process(
 
 async def _fold_partitions(
     settings: Settings, dsn: str, bootstrap: list[str], tps: list[TopicPartition],
-    pipe: MPConnection,
+    pipe: MPConnection, from_retained: bool,
 ) -> None:  # fmt: skip
     consumer = group_less_consumer(bootstrap, kafka_client_options(settings))
     await consumer.start()
@@ -454,7 +483,9 @@ async def _fold_partitions(
     try:
         conn = await asyncpg.connect(dsn)
         await consumer.topics()  # loads the cluster metadata
-        source = await Source.from_start(consumer, tps, settings.rebuild_stall_timeout)
+        source = await Source.from_start(
+            consumer, tps, settings.rebuild_stall_timeout, from_retained
+        )
         folder = Folder(settings, source, lambda n: pipe.send(("step", n)))
         pipe.send(("ready", None))
         loop = asyncio.get_running_loop()
@@ -505,9 +536,7 @@ class Rebuild:
             await self.writer.create(conn)
             await consumer.topics()  # loads the cluster metadata
             tps = partitions_of(consumer)
-            if not self.from_retained:
-                refuse_truncated(await consumer.beginning_offsets(tps))
-            await folds.start(tps)
+            await folds.start(tps)  # refuses truncated input (`Source.from_start`)
             targets = await self.live_targets(conn, tps)
             self.progress.total = _count(targets, {})
             await self.fold_to(conn, folds, targets)
@@ -544,11 +573,12 @@ class Rebuild:
         return {tp: stored.get(tp, -1) for tp in tps}
 
     async def fold_to(
-        self, conn: asyncpg.Connection, folds: Folds, targets: Mapping[TopicPartition, int]
-    ) -> None:
+        self, conn: asyncpg.Connection, folds: Folds, targets: Mapping[TopicPartition, int],
+        swap: bool = False,
+    ) -> None:  # fmt: skip
         """One round: fold up to `targets`, writing as the module doc says (the folders write
         history and summaries; the exposures, which span partitions, are written here)."""
-        exposures = self.exposures.add(await folds.round(conn, targets))
+        exposures = self.exposures.add(await folds.round(conn, targets, swap))
         await self.writer.write_round(conn, RoundEnd([], [], exposures))
 
     async def swap(
@@ -557,7 +587,7 @@ class Rebuild:
         async with conn.transaction():
             targets = await self.live_targets(conn, tps, lock=True)
             self.progress.total += _count(targets, folds.done)
-            await self.fold_to(conn, folds, targets)
+            await self.fold_to(conn, folds, targets, swap=True)
             await self.swap_tables(conn)
         await conn.execute(f'DROP SCHEMA IF EXISTS "{self.shadow}" CASCADE')
         return {(tp.topic, tp.partition): offset for tp, offset in targets.items()}

@@ -120,7 +120,7 @@ def test_dev_simulate_runs_the_gateway_simulator_and_stops_everything(tmp_path: 
         env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )  # fmt: skip
     output = Output(proc)
-    dev_children: list[int] = []
+    dev_children: list[psutil.Process] = []
     try:
         run_until_ctrl_c(proc, output, data_dir, dev_children)
     finally:
@@ -128,20 +128,49 @@ def test_dev_simulate_runs_the_gateway_simulator_and_stops_everything(tmp_path: 
         shutil.rmtree(data_dir, ignore_errors=True)
 
 
-def stop_leftovers(output: Output, dev_children: list[int], data_dir: Path) -> None:
-    """Whatever failed — `dev` crashing at Ctrl-C included — leave none of its processes behind:
-    the simulator it announced, the children it had (broker, worker), and the PostgreSQL that
-    `pg_ctl` detached from it (found by its `postmaster.pid`). Each is stopped by its pid."""
-    pids = list(dev_children)
+def record_children(proc: subprocess.Popen[str], dev_children: list[psutil.Process]) -> None:
+    """Add `dev`'s descendants (broker, simulator, worker) to `dev_children`, as processes (a
+    `psutil.Process` checks its start time before a signal: a reused pid is not hit)."""
+    with contextlib.suppress(psutil.Error):
+        known = {child.pid for child in dev_children}
+        dev_children.extend(c for c in psutil.Process(proc.pid).children(recursive=True)
+                            if c.pid not in known)  # fmt: skip
+
+
+def stop_leftovers(output: Output, dev_children: list[psutil.Process], data_dir: Path) -> None:
+    """Whatever failed — `dev` crashing or stuck at Ctrl-C included — leave none of its
+    processes behind: the children it had (broker, simulator, worker), the simulator it
+    announced, and the PostgreSQL that `pg_ctl` detached from it (its `postmaster.pid`, if the
+    process with that pid serves this data dir). Each is stopped by its pid."""
+    leftovers = list(dev_children)
     for line in output.lines:
         if started := re.search(SIMULATOR_STARTED, line):
-            pids.append(int(started.group(2)))
-    postmaster = data_dir / "pg" / "postmaster.pid"
-    with contextlib.suppress(OSError, ValueError, IndexError):
-        pids.append(int(postmaster.read_text().split()[0]))
-    for pid in pids:
-        if alive(pid):
-            stop_process(pid)
+            with contextlib.suppress(psutil.Error):
+                leftovers.append(psutil.Process(int(started.group(2))))
+    running = [p for p in leftovers if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+    for process in running:  # the worker stops in time only while its broker runs: all at once
+        with contextlib.suppress(psutil.Error):
+            process.terminate()
+    for process in psutil.wait_procs(running, timeout=10)[1]:
+        with contextlib.suppress(psutil.Error):
+            process.kill()
+    stop_postmaster(data_dir / "pg")
+
+
+def stop_postmaster(pg_dir: Path) -> None:
+    """Fast shutdown (SIGINT) of the PostgreSQL serving `pg_dir`, if one still does."""
+    try:
+        postmaster = psutil.Process(int((pg_dir / "postmaster.pid").read_text().split()[0]))
+        if str(pg_dir.resolve()) not in " ".join(postmaster.cmdline()):
+            return  # a stale file, and its pid now someone else's
+        postmaster.send_signal(signal.SIGINT)
+        postmaster.wait(timeout=30)
+    except (OSError, ValueError, IndexError):
+        return
+    except psutil.TimeoutExpired:
+        postmaster.kill()
+    except psutil.Error:
+        return
 
 
 def stop_diagnostics(output: Output, data_dir: Path) -> str:
@@ -158,16 +187,16 @@ def stop_diagnostics(output: Output, data_dir: Path) -> str:
 
 
 def run_until_ctrl_c(
-    proc: subprocess.Popen[str], output: Output, data_dir: Path, dev_children: list[int]
+    proc: subprocess.Popen[str], output: Output, data_dir: Path, dev_children: list[psutil.Process]
 ) -> None:
     """Run `dev` until its traffic reaches the sagas, Ctrl-C it, and check that it stopped
-    everything. `dev_children` gets its child processes once all have started."""
+    everything. `dev_children` gets its descendants: once all have started, and again at
+    Ctrl-C."""
     try:
         started = output.wait_for(SIMULATOR_STARTED)
         url, simulator_pid = started.group(1), int(started.group(2))
         output.wait_for(r"worker pid \d+")  # the endpoints file is written by then
-        children = psutil.Process(proc.pid).children()  # broker, simulator, worker
-        dev_children.extend(child.pid for child in children)
+        record_children(proc, dev_children)
         endpoints = dev_endpoints(data_dir)
         assert endpoints is not None and endpoints["gateway_url"] == url
         with urllib.request.urlopen(url + "/health", timeout=5) as health:
@@ -181,6 +210,7 @@ def run_until_ctrl_c(
         output.wait_for(r"payout sagas: running=\d+ .* \| gateway simulator: \d+ payouts accepted")
         wait_for_saga_rows(output, endpoints["pg_dsn"])
     finally:
+        record_children(proc, dev_children)  # whatever came up, if it failed before
         proc.send_signal(signal.SIGINT)  # Ctrl-C
         try:
             proc.wait(timeout=120)
@@ -193,7 +223,7 @@ def run_until_ctrl_c(
     assert "stopping payout gateway simulator" in everything
     assert everything.splitlines()[-1].endswith("stopped")
     assert not alive(simulator_pid)
-    assert not [pid for pid in dev_children if alive(pid)]  # broker and worker stopped too
+    assert not [p for p in dev_children if alive(p.pid)]  # broker and worker stopped too
     assert not (data_dir / "pg" / "postmaster.pid").exists()  # PostgreSQL shut down
     assert not (data_dir / ENDPOINTS_FILE).exists()
 

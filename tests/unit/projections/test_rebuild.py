@@ -40,8 +40,9 @@ def test_every_truncated_partition_is_named_in_order() -> None:
 async def test_a_fold_process_that_stays_silent_fails_the_round(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """A live fold process that sends nothing (it hangs) is a stall once the stall timeout and
-    the margin passed: the rebuild does not wait for ever while it holds the swap's locks."""
+    """A live fold process that sends nothing (it hangs) in the swap round is a stall once the
+    stall timeout and the margin passed: the rebuild does not wait for ever while it holds the
+    live worker's position locks."""
     monkeypatch.setattr(rebuild_module, "SILENCE_MARGIN_SECONDS", 0.0)
     settings = Settings(rebuild_stall_timeout=0.2, _env_file=None)  # type: ignore[call-arg]
     rebuild: Any = SimpleNamespace(settings=settings, progress=None)
@@ -51,7 +52,8 @@ async def test_a_fold_process_that_stays_silent_fails_the_round(
     folds.children.append((child, ours))
     try:
         with pytest.raises(RebuildStalled, match=r"rebuild-fold-0 \(pid 4242\) reported nothing"):
-            await folds._receive(0, "done")
+            await folds.round(None, {}, swap=True)
+        assert theirs.recv() == ("round", {})
     finally:
         ours.close()
         theirs.close()
