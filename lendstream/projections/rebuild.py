@@ -218,8 +218,7 @@ class Source:
     def _stalled(self, targets: Mapping[TopicPartition, int]) -> str:
         waiting = []
         for tp in self.tps:
-            buffer = self.merge.buffers.get(tp)
-            fetched = buffer[-1].position.offset if buffer else self.merge.done.get(tp, -1)
+            fetched = self._fetched_to(tp)
             if fetched < targets.get(tp, -1):
                 waiting.append(f"{tp.topic}[{tp.partition}] read to offset {fetched}, "
                                f"needs {targets[tp]}")  # fmt: skip
@@ -230,15 +229,18 @@ class Source:
             "is a partition's leader unreachable?"
         )
 
+    def _fetched_to(self, tp: TopicPartition) -> int:
+        """The last offset of `tp` fetched: buffered, or already released."""
+        done = self.merge.done.get(tp, -1)
+        buffer = self.merge.buffers.get(tp)
+        return max(buffer[-1].position.offset, done) if buffer else done
+
     def _pause_beyond(self, targets: Mapping[TopicPartition, int]) -> None:
         """Stop fetching partitions whose buffer already reaches their target."""
         pause: list[TopicPartition] = []
         resume: list[TopicPartition] = []
         for tp in self.tps:
-            buffer = self.merge.buffers.get(tp)
-            reached = self.merge.done.get(tp, -1) >= targets.get(tp, -1) or (
-                buffer and buffer[-1].position.offset >= targets.get(tp, -1)
-            )
+            reached = self._fetched_to(tp) >= targets.get(tp, -1)
             (pause if reached else resume).append(tp)
         self.consumer.pause(*pause)
         self.consumer.resume(*resume)
@@ -298,7 +300,7 @@ class LocalFolds:
         source = await Source.from_start(
             self.consumer, tps, rebuild.settings.rebuild_stall_timeout, rebuild.from_retained
         )
-        self.folder = Folder(self.rebuild.settings, source, self.rebuild.progress.step)
+        self.folder = Folder(rebuild.settings, source, rebuild.progress.step)
 
     async def round(
         self, conn: asyncpg.Connection, targets: Mapping[TopicPartition, int], swap: bool = False

@@ -316,10 +316,11 @@ async def test_a_rebuild_refuses_input_that_retention_truncated(
     pipeline: Pipeline, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """An input partition that no longer starts at offset 0 (topic retention deleted its
-    start) would give partial tables: the rebuild refuses, naming it, in one process or in
-    two; with `from_retained` it folds what is retained, not waiting for what is gone. Tansu
-    has no DeleteRecords (it closes the connection), so the broker's answers to "where does the
-    partition start" and "go to its start" are the one thing faked here."""
+    start) would give partial tables: the rebuild refuses, naming it; with `from_retained` it
+    folds what is retained, not waiting for what is gone; a full rebuild (two fold processes,
+    the real broker) then restores the tables. Tansu has no DeleteRecords (it closes the
+    connection), so the broker's answers to "where does the partition start" and "go to its
+    start" are the one thing faked here, in this process only."""
     live = await caught_up_and_stopped(pipeline, seed=7)
     truncated, first = TopicPartition("loan-events", 1), 40
     beginning_offsets = AIOKafkaConsumer.beginning_offsets
